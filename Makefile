@@ -1,0 +1,25 @@
+# The two commands: `make demo` (the whole pipeline on the offline defaults) and `make test`.
+PY := .venv/bin/python
+STAMP := .venv/.vlalign-ready
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): scripts/setup.sh scripts/requirements.txt pyproject.toml
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m vlalign.demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/encode.py
+	$(PY) bench/sail_step.py
+
+clean:
+	rm -rf runs stores bench/results

@@ -1,0 +1,157 @@
+"""timm adapter: ``timm:<name[.tag]>``, ``timm:<folder>`` (saved by timm's save_for_hf),
+``timm:local-dir:<folder>`` or ``timm:hf-hub:<repo>``; ``?weights=random`` builds a seeded
+random-init model by name with no files at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vlalign.backbones.base import (
+    Preprocess,
+    VisionOutput,
+    feature_map_to_tokens,
+    folder_weights_tag,
+    int_option,
+    make_identity,
+    pool_feature_map,
+    pool_vit_tokens,
+    reject_stage,
+    released,
+    resolve_options,
+)
+from vlalign.backbones.hf import local_model_dir
+from vlalign.backbones.spec import Spec
+from vlalign.errors import UserError
+
+POOLS = ("auto", "clsmean", "cls", "mean", "avg", "max", "avgmax", "model")
+
+
+def _interpolation(name: str | None) -> str:
+    return name if name in ("bilinear", "nearest") else "bicubic"
+
+
+def _resolve(spec: Spec, random: bool) -> tuple[str, str | None]:
+    """(name for timm.create_model, folder whose files identify the weights or None)."""
+    import timm
+
+    name = spec.name
+    if name.startswith("local-dir:"):
+        name = name[len("local-dir:"):]
+    if name.startswith("hf-hub:"):
+        name = str(local_model_dir(name[len("hf-hub:"):], "timm"))
+    elif Path(name).expanduser().exists() or "/" in name:
+        if not Path(name).expanduser().is_dir():
+            raise UserError(f"timm model folder {name!r} is not a folder")
+    else:
+        arch = name.split(".", 1)[0]
+        if not timm.is_model(arch):
+            raise UserError(f"unknown timm model {arch!r} (see timm.list_models())")
+        if random:
+            return name, None
+        hub_id = timm.models.get_pretrained_cfg(name)
+        hub_id = getattr(hub_id, "hf_hub_id", None)
+        if not hub_id:
+            raise UserError(f"timm model {name!r} has no Hub-hosted weights; save them with "
+                            "timm.models.save_for_hf and pass the folder")
+        name = str(local_model_dir(hub_id, "timm"))
+    folder = str(Path(name).expanduser().resolve())
+    return f"local-dir:{folder}", folder
+
+
+class TimmVisionEncoder:
+    """A timm image model. ViTs (any model with a class token): ``[CLS ; mean(patches)]`` of
+    ``forward_features`` by default, prefix/register tokens dropped from the token map. CNNs:
+    average of the final map by default. ``pool=model`` uses timm's own pre-logits vector."""
+
+    def __init__(self, spec: Spec, device: str = "cpu") -> None:
+        reject_stage(spec)
+        opts = resolve_options(spec, {"pool": "auto", "weights": "pretrained", "seed": "0",
+                                      "size": "0"},
+                               {"pool": POOLS, "weights": ("pretrained", "random")})
+        import timm
+
+        random = opts["weights"] == "random"
+        name, folder = _resolve(spec, random)
+        kwargs = {"img_size": int_option(spec, opts, "size")} if opts["size"] != "0" else {}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(opts["seed"]))
+                self.model = timm.create_model(name, pretrained=not random, num_classes=0,
+                                               **kwargs)
+        except (RuntimeError, OSError, ValueError, TypeError) as err:
+            raise UserError(f"cannot create timm model from spec {spec.text!r}: {err}") from err
+        self.model.eval().requires_grad_(False)
+        if random:
+            tag = f"random-seed{opts['seed']}"
+        else:
+            opts.pop("seed")
+            tag = folder_weights_tag(folder)
+        self.identity = make_identity(spec, tag, opts)
+        config = timm.data.resolve_data_config({}, model=self.model)
+        # A ViT's built image size wins over a data config left stale by a model_args override.
+        built = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        self.preprocess = Preprocess(size=int(built[-1] if built else config["input_size"][-1]),
+                                     mean=tuple(config["mean"]), std=tuple(config["std"]),
+                                     interpolation=_interpolation(config.get("interpolation")))
+        self.has_cls = getattr(self.model, "cls_token", None) is not None
+        self.num_prefix = int(getattr(self.model, "num_prefix_tokens", 0))
+        self.pool = opts["pool"]
+        self.to(device)
+        size = self.preprocess.size
+        probe = self.encode(torch.zeros(1, 3, size, size), tokens=True)
+        self.dim = probe.pooled.shape[1]
+        self.token_dim = probe.tokens.shape[2]
+
+    def to(self, device: torch.device | str) -> TimmVisionEncoder:
+        """Move the model; later inputs are moved to the same device."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def encode(self, pixels: torch.Tensor, tokens: bool = False) -> VisionOutput:
+        """Pooled vectors (and tokens on their grid) for a preprocessed batch."""
+        with torch.inference_mode():
+            x = pixels.to(self.device, torch.float32)
+            feats = self.model.forward_features(x)
+            out = self._pool(feats, x.shape[-2:])
+            if not tokens:
+                out.tokens = out.grid = out.cls = None
+        return released(out)
+
+    def _pool(self, feats: torch.Tensor, hw: torch.Size) -> VisionOutput:
+        if feats.ndim == 4:
+            return self._pool_map(feats)
+        if self.pool in ("avg", "max", "avgmax"):
+            raise UserError(f"pool={self.pool} is for CNN maps; use clsmean, cls, mean or model")
+        pool = self.pool if self.pool != "auto" else ("clsmean" if self.has_cls else "model")
+        if pool in ("clsmean", "cls") and not self.has_cls:
+            raise UserError(f"pool={pool} needs a class token, which this timm model lacks")
+        hidden = feats.float()
+        if self.num_prefix:
+            out = pool_vit_tokens(hidden, self.num_prefix)
+        else:
+            out = VisionOutput(pooled=hidden.mean(dim=1), tokens=hidden)
+        patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
+        if patch is not None and (hw[0] // patch[0]) * (hw[1] // patch[1]) == out.tokens.shape[1]:
+            out.grid = (hw[0] // patch[0], hw[1] // patch[1])
+        if pool == "cls":
+            out.pooled = out.cls
+        elif pool == "mean":
+            out.pooled = out.tokens.mean(dim=1)
+        elif pool == "model":
+            out.pooled = self.model.forward_head(feats, pre_logits=True).float()
+        return out
+
+    def _pool_map(self, feats: torch.Tensor) -> VisionOutput:
+        if self.pool in ("clsmean", "cls", "mean"):
+            raise UserError(f"pool={self.pool} is for ViTs; use avg, max, avgmax or model")
+        nhwc = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
+        fmap = (feats.permute(0, 3, 1, 2) if nhwc else feats).float()
+        if self.pool == "model":
+            pooled = self.model.forward_head(feats, pre_logits=True).float()
+        else:
+            pooled = pool_feature_map(fmap, "avg" if self.pool == "auto" else self.pool)
+        tokens, grid = feature_map_to_tokens(fmap)
+        return VisionOutput(pooled=pooled, tokens=tokens, grid=grid)

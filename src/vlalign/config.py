@@ -1,0 +1,122 @@
+"""Configs are dataclasses: defaults in code, a YAML file on top, then dotted ``key=value``
+overrides from the command line. The resolved config is saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from vlalign.errors import UserError
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise UserError(f"config {where}: expected a mapping, got {value!r}")
+        return from_dict(kind, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            value = [value]
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except UserError:
+                continue
+        raise UserError(f"config {where}: {value!r} does not fit {kind}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise UserError(f"config {where}: expected true/false, got {value!r}")
+    if kind in (int, float):
+        try:
+            number = float(value) if kind is float else int(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config {where}: expected {kind.__name__}, got {value!r}") from None
+        return number
+    if kind is str:
+        if isinstance(value, dict | list):
+            raise UserError(f"config {where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are errors naming valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"config: unknown key {where + '.' if where else ''}{unknown[0]}; "
+                        f"valid: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a dataclass config (for saving)."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"bad override {item!r}: expected key=value, e.g. optim.lr=1e-4")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"bad override {item!r}: {part} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: list[str] | None = None) -> T:
+    """Defaults of ``cls`` <- YAML file <- dotted overrides."""
+    data = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping at the top level")
+        _merge(data, loaded)
+    apply_overrides(data, overrides or [])
+    return from_dict(cls, data)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

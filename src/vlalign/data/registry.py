@@ -1,0 +1,95 @@
+"""Dataset specs -> sources: ``NAME:SPLIT`` or ``SCHEME:PATH``, optionally ``[start:stop]``."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from vlalign.data.base import Example, Source
+from vlalign.data.digits import Digits
+from vlalign.data.emoji import Emoji
+from vlalign.data.fashion_mnist import FashionMNIST
+from vlalign.data.files import CaptionFile
+from vlalign.data.image_folder import ImageFolder
+from vlalign.data.webdataset_source import WebDatasetShards
+from vlalign.errors import UserError
+
+SPLITS = {"fashion-mnist": ("train", "test"), "emoji": ("train", "test", "all"),
+          "digits": ("train", "test")}
+PATH_SCHEMES = ("csv", "jsonl", "folder", "wds")
+DATASETS = (*SPLITS, *PATH_SCHEMES)
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_SLICE = re.compile(r"\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]$")
+
+
+class Subset:
+    """Items ``start:stop`` (Python slice semantics, negatives allowed) of another source."""
+
+    def __init__(self, source: Source, start: int | None = None, stop: int | None = None) -> None:
+        self.source = source
+        self.start, self.stop, _ = slice(start, stop).indices(len(source))
+        self.stop = max(self.stop, self.start)
+        bounds = f"{'' if start is None else start}:{'' if stop is None else stop}"
+        self.name = f"{source.name}[{bounds}]"
+        self.class_names = source.class_names
+        self.fingerprint = hashlib.sha1(
+            f"{source.fingerprint}[{self.start}:{self.stop}]".encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def base_index(self, index: int) -> int:
+        """The wrapped source's index of item ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self.name} ({len(self)} items)")
+        return self.start + index
+
+    def load(self, index: int) -> Example:
+        """Item ``index`` of the slice."""
+        return self.source.load(self.base_index(index))
+
+
+def create_source(spec: str, data_root: str | Path = "data") -> Source:
+    """Build the source a spec names, e.g. ``fashion-mnist:train[:10000]`` or ``csv:pairs.csv``."""
+    text = spec.strip()
+    match = _SLICE.search(text)
+    base = text[: match.start()] if match else text
+    scheme, colon, rest = base.partition(":")
+    if scheme not in DATASETS:
+        raise UserError(f"unknown dataset {scheme!r} in {spec!r}; valid: {', '.join(DATASETS)}")
+    if not colon or not rest:
+        what = "|".join(SPLITS[scheme]) if scheme in SPLITS else "PATH"
+        raise UserError(f"dataset spec {spec!r} needs {scheme}:{what}")
+    source = _build(scheme, rest, Path(data_root))
+    if match is None:
+        return source
+    start, stop = (int(bound) if bound else None for bound in match.groups())
+    return Subset(source, start, stop)
+
+
+def _build(scheme: str, rest: str, data_root: Path) -> Source:
+    if scheme in SPLITS and rest not in SPLITS[scheme]:
+        raise UserError(f"unknown {scheme} split {rest!r}; valid: {', '.join(SPLITS[scheme])}")
+    if scheme == "fashion-mnist":
+        root = data_root / "fashion-mnist"
+        if not root.is_dir() and SYSTEM_FASHION_MNIST.is_dir():
+            root = SYSTEM_FASHION_MNIST
+        return FashionMNIST(root, rest)
+    if scheme == "emoji":
+        return Emoji(data_root / "emoji", rest)
+    if scheme == "digits":
+        return Digits(rest)
+    if scheme in ("csv", "jsonl"):
+        fmt = "tsv" if scheme == "csv" and rest.lower().endswith(".tsv") else scheme
+        return CaptionFile(rest, fmt)
+    if scheme == "folder":
+        return ImageFolder(rest)
+    return WebDatasetShards(rest)
+
+
+def source_summary(source: Source) -> dict[str, Any]:
+    """Name, length, class names and fingerprint: what a store manifest or report records."""
+    return {"name": source.name, "len": len(source), "classes": source.class_names,
+            "fingerprint": source.fingerprint}

@@ -1,0 +1,148 @@
+"""WebDataset-style tar shards read by random access: members are indexed once, then pread."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from vlalign.data.base import RAW, REWRITTEN, BadItem, Example
+from vlalign.data.images import decode_image
+from vlalign.errors import DataError, UserError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTS = ("txt", "json")
+
+# One member's location in its shard: (data offset, size, extension).
+Member = tuple[int, int, str]
+Shards = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def expand_shards(shards: Shards) -> list[Path]:
+    """Brace-expand (``shard-{000..003}.tar``) and glob (``*``, ``?``) names; all must exist."""
+    from braceexpand import braceexpand  # installed with webdataset (the ``data`` extra)
+
+    paths: list[Path] = []
+    for pattern in _patterns(shards):
+        for name in braceexpand(pattern):
+            matches = sorted(glob.glob(name)) if any(c in name for c in "*?") else [name]
+            if not matches or not Path(matches[0]).is_file():
+                raise UserError(f"webdataset shard not found: {name}")
+            paths.extend(Path(m) for m in matches)
+    if not paths:
+        raise UserError(f"no webdataset shards match {shards!r}")
+    return paths
+
+
+def _patterns(shards: Shards) -> list[str]:
+    if isinstance(shards, (str, os.PathLike)):
+        return [os.fspath(shards)]
+    return [os.fspath(pattern) for pattern in shards]
+
+
+def index_shard(path: Path) -> dict[str, dict[str, Member]]:
+    """Map each sample key (member name up to the first dot) to {extension: member location}."""
+    samples: dict[str, dict[str, Member]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:
+                directory, _, base = info.name.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                if not info.isfile() or not dot or base.startswith(("__", ".")):
+                    continue
+                key = f"{directory}/{stem}" if directory else stem
+                ext = ext.lower()
+                samples.setdefault(key, {})[ext] = (info.offset_data, info.size, ext)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataError(f"cannot index webdataset shard {path} (an uncompressed tar is needed): "
+                        f"{error}") from None
+    return samples
+
+
+def _first(members: dict[str, Member], exts: tuple[str, ...]) -> Member | None:
+    return next((members[e] for e in exts if e in members), None)
+
+
+class WebDatasetShards:
+    """Image-caption samples (jpg/jpeg/png/webp + txt or json with "caption") from tar shards.
+
+    Open file handles are per process and never pickled, so the object can be sent to DataLoader
+    workers; reads use ``os.pread`` and so share no file position.
+    """
+
+    class_names = None
+
+    def __init__(self, shards: Shards) -> None:
+        self._files: dict[int, BinaryIO] = {}
+        self._pid = os.getpid()
+        self.paths = expand_shards(shards)
+        self.samples: list[tuple[int, str, Member | None, Member | None]] = []
+        digest = hashlib.sha1(b"wds\n")
+        for shard, path in enumerate(self.paths):
+            stat = path.stat()
+            digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            for key, members in index_shard(path).items():
+                self.samples.append((shard, key, _first(members, IMAGE_EXTS),
+                                     _first(members, CAPTION_EXTS)))
+        self.name = f"wds:{','.join(_patterns(shards))}"
+        self.fingerprint = digest.hexdigest()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def close(self) -> None:
+        """Close the shard files this process opened; the next load reopens what it needs."""
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _read(self, shard: int, member: Member) -> bytes:
+        offset, size, _ = member
+        if self._pid != os.getpid():  # forked worker: close the inherited copies, open its own
+            self.close()
+            self._pid = os.getpid()
+        if shard not in self._files:
+            self._files[shard] = open(self.paths[shard], "rb", buffering=0)  # noqa: SIM115
+        data = os.pread(self._files[shard].fileno(), size, offset)
+        if len(data) != size:
+            raise BadItem(f"{self.paths[shard]}: member at offset {offset} is truncated")
+        return data
+
+    def load(self, index: int) -> Example:
+        """Sample ``index``'s decoded image and captions, or BadItem saying what is wrong."""
+        shard, key, image, caption = self.samples[index]
+        where = f"{self.paths[shard]}:{key}"
+        if image is None:
+            raise BadItem(f"{where}: no image member ({'/'.join(IMAGE_EXTS)})")
+        if caption is None:
+            raise BadItem(f"{where}: no caption member ({'/'.join(CAPTION_EXTS)})")
+        captions = self._captions(where, self._read(shard, caption), caption[2])
+        return Example(key=key, image=decode_image(self._read(shard, image)), captions=captions)
+
+    @staticmethod
+    def _captions(where: str, data: bytes, ext: str) -> dict[str, str]:
+        try:
+            text = data.decode("utf-8")
+            record = json.loads(text) if ext == "json" else {"caption": text}
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise BadItem(f"{where}: unreadable caption ({error})") from None
+        raw = record.get("caption") if isinstance(record, dict) else None
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadItem(f"{where}: empty or missing caption")
+        rewritten = record.get("caption_rewritten")
+        if isinstance(rewritten, str) and rewritten.strip():
+            return {RAW: raw.strip(), REWRITTEN: rewritten.strip()}
+        return {RAW: raw.strip()}

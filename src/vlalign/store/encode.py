@@ -1,0 +1,310 @@
+"""Pre-encode a data source once into a sharded, resumable feature store.
+
+Decoding and preprocessing run in DataLoader workers while the main process runs the frozen
+backbones, so data loading hides behind compute. Each shard is written atomically and marked
+complete by its meta file last; a rerun after a crash (even kill -9) skips complete shards and
+recomputes the rest with the same batch boundaries, so the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from vlalign.backbones.base import TextEncoder, VisionEncoder, image_to_tensor
+from vlalign.data.base import RAW, BadItem, Source
+from vlalign.data.templates import format_prompt, templates_for
+from vlalign.errors import DataError, StoreError
+from vlalign.store.layout import (
+    BAD_ITEMS,
+    FORMAT_VERSION,
+    MANIFEST,
+    PROMPTS,
+    shard_dir,
+    shard_file,
+)
+from vlalign.utils.files import (
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass
+class EncodeOptions:
+    """Knobs of one encode run; the ones that change the result are part of the store identity."""
+
+    tokens: bool = False
+    dtype: str = "float16"
+    shard_size: int = 4096
+    batch_size: int = 64
+    text_batch_size: int = 256
+    num_workers: int = 1
+    max_bad_fraction: float = 0.05
+    progress: bool = True
+
+
+class _Decoded(Dataset):
+    """Loads and preprocesses item ``i`` in a worker; a bad item becomes an (index, reason)."""
+
+    def __init__(self, source: Source, vision: VisionEncoder, kinds: list[str]):
+        self.source, self.preprocess, self.kinds = source, vision.preprocess, kinds
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            example = self.source.load(index)
+            captions = [example.captions.get(kind) or example.captions.get(RAW, "")
+                        for kind in self.kinds]
+            if not all(c and c.strip() for c in captions):
+                raise BadItem("empty caption")
+            pixels = image_to_tensor(example.image, self.preprocess)
+        except BadItem as bad:
+            return {"index": index, "bad": str(bad) or "bad item"}
+        label = -1 if example.label is None else int(example.label)
+        return {"index": index, "key": example.key, "pixels": pixels, "captions": captions,
+                "label": label}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [item for item in items if "bad" not in item]
+    return {
+        "good": good and {
+            "index": [item["index"] for item in good],
+            "key": [item["key"] for item in good],
+            "pixels": torch.stack([item["pixels"] for item in good]),
+            "captions": [item["captions"] for item in good],
+            "label": [item["label"] for item in good],
+        },
+        "bad": [(item["index"], item["bad"]) for item in items if "bad" in item],
+        "last_index": items[-1]["index"],
+    }
+
+
+class _ShardBatches(Sampler[list[int]]):
+    """Fixed batches that never cross a shard boundary, for the shards still to do."""
+
+    def __init__(self, shards: list[int], shard_size: int, total: int, batch_size: int):
+        self.batches = []
+        for shard in shards:
+            stop = min(total, (shard + 1) * shard_size)
+            for start in range(shard * shard_size, stop, batch_size):
+                self.batches.append(list(range(start, min(stop, start + batch_size))))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def store_identity(source: Source, vision: VisionEncoder, text: TextEncoder,
+                   kinds: list[str], options: EncodeOptions,
+                   specs: tuple[str, str]) -> dict[str, Any]:
+    """Everything that determines the store's content: a rerun must match it exactly."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": {"name": source.name, "fingerprint": source.fingerprint, "items": len(source),
+                    "class_names": source.class_names},
+        "vision": {"spec": specs[0], "identity": vision.identity, "dim": vision.dim,
+                   "token_dim": vision.token_dim, "preprocess": vision.preprocess.to_dict()},
+        "text": {"spec": specs[1], "identity": text.identity, "dim": text.dim},
+        "caption_kinds": kinds,
+        "tokens": options.tokens,
+        "dtype": options.dtype,
+        "shard_size": options.shard_size,
+        "batch_size": options.batch_size,
+    }
+
+
+def _check_or_start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    path = out / MANIFEST
+    if path.exists():
+        manifest = read_json(path)
+        for key, value in identity.items():
+            if manifest.get(key) != value:
+                raise StoreError(
+                    f"{out} already holds a store with a different {key} "
+                    f"({json.dumps(manifest.get(key))[:120]} != {json.dumps(value)[:120]}); "
+                    "choose another --out or delete it")
+        return manifest
+    if out.exists() and any(out.iterdir()):
+        raise StoreError(f"{out} exists, is not empty and has no {MANIFEST}; choose another --out")
+    shard_dir(out).mkdir(parents=True, exist_ok=True)
+    manifest = {**identity, "status": "encoding"}
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+def _shard_complete(out: Path, shard: int) -> bool:
+    meta_path = shard_file(out, shard, "meta")
+    if not meta_path.exists():
+        return False
+    meta = read_json(meta_path)
+    for what, digest in meta["sha256"].items():
+        path = shard_file(out, shard, what)
+        if not path.exists() or sha256_file(path) != digest:
+            return False
+    return True
+
+
+class _ShardBuffer:
+    """Collects one shard's rows in order and writes them atomically when the shard is done."""
+
+    def __init__(self, shard: int, vision: VisionEncoder):
+        self.shard, self.vision = shard, vision
+        self.images: list[np.ndarray] = []
+        self.tokens: list[np.ndarray] = []
+        self.keys: list[str] = []
+        self.labels: list[int] = []
+        self.captions: list[list[str]] = []
+        self.bad: list[tuple[int, str]] = []
+        self.grid: list[int] | None = None
+
+    def flush(self, out: Path, text: TextEncoder, options: EncodeOptions, kinds: list[str]) -> int:
+        dtype = DTYPES[options.dtype]
+        images = (np.concatenate(self.images) if self.images
+                  else np.zeros((0, self.vision.dim), np.float32)).astype(dtype)
+        texts = encode_captions(text, self.captions, len(kinds), options.text_batch_size)
+        sha = {"images": atomic_save_npy(shard_file(out, self.shard, "images"), images),
+               "texts": atomic_save_npy(shard_file(out, self.shard, "texts"), texts.astype(dtype))}
+        if options.tokens:
+            tokens = (np.concatenate(self.tokens) if self.tokens
+                      else np.zeros((0, 0, self.vision.token_dim), np.float32))
+            sha["tokens"] = atomic_save_npy(shard_file(out, self.shard, "tokens"),
+                                            tokens.astype(dtype))
+        meta = {"shard": self.shard, "rows": len(self.keys), "keys": self.keys,
+                "labels": self.labels, "captions": self.captions, "grid": self.grid,
+                "bad": [{"index": i, "reason": r} for i, r in self.bad], "sha256": sha}
+        atomic_write_json(shard_file(out, self.shard, "meta"), meta)
+        return len(self.keys)
+
+
+def encode_captions(text: TextEncoder, captions: list[list[str]], kinds: int,
+                    batch_size: int) -> np.ndarray:
+    """Encode every caption once (duplicates share one forward) -> n x K x D float32."""
+    unique = sorted({c for row in captions for c in row})
+    position = {c: i for i, c in enumerate(unique)}
+    vectors = np.zeros((len(unique), text.dim), np.float32)
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start:start + batch_size]
+        vectors[start:start + len(chunk)] = text.encode(chunk).float().cpu().numpy()
+    rows = np.array([[position[c] for c in row] for row in captions], dtype=np.int64)
+    return vectors[rows.reshape(-1)].reshape(len(captions), kinds, text.dim)
+
+
+def encode_store(source: Source, vision: VisionEncoder, text: TextEncoder, out: Path,
+                 kinds: list[str], specs: tuple[str, str],
+                 options: EncodeOptions | None = None) -> dict[str, Any]:
+    """Encode ``source`` into ``out`` (resuming if it is a partial store of the same request).
+
+    ``specs`` are the (vision, text) spec strings, recorded so a model can rebuild the backbones.
+    """
+    options = options or EncodeOptions()
+    out = Path(out)
+    identity = store_identity(source, vision, text, kinds, options, specs)
+    manifest = _check_or_start(out, identity)
+    if manifest.get("status") == "complete":
+        log.info("%s is already complete", out)
+        return manifest
+    total = len(source)
+    num_shards = max(1, -(-total // options.shard_size))
+    todo = [k for k in range(num_shards) if not _shard_complete(out, k)]
+    done_items = sum(min(total, (k + 1) * options.shard_size) - k * options.shard_size
+                     for k in range(num_shards) if k not in set(todo))
+    log.info("encoding %s: %d items, %d shards (%d to do)", source.name, total, num_shards,
+             len(todo))
+    loader = DataLoader(_Decoded(source, vision, kinds),
+                        batch_sampler=_ShardBatches(todo, options.shard_size, total,
+                                                    options.batch_size),
+                        num_workers=options.num_workers, collate_fn=_collate,
+                        prefetch_factor=4 if options.num_workers else None)
+    bar = tqdm(total=total, initial=done_items, unit="img", disable=not options.progress,
+               desc=f"encode {source.name}", dynamic_ncols=True)
+    seen, bad_count, start_time = 0, 0, time.perf_counter()
+    buffer: _ShardBuffer | None = None
+    for batch in loader:
+        shard = batch["last_index"] // options.shard_size
+        if buffer is None or buffer.shard != shard:
+            buffer = _ShardBuffer(shard, vision)
+        buffer.bad.extend(batch["bad"])
+        good = batch["good"]
+        if good:
+            result = vision.encode(good["pixels"], tokens=options.tokens)
+            buffer.images.append(result.pooled.float().cpu().numpy())
+            if options.tokens:
+                buffer.tokens.append(result.tokens.float().cpu().numpy())
+                buffer.grid = list(result.grid)
+            buffer.keys.extend(good["key"])
+            buffer.labels.extend(good["label"])
+            buffer.captions.extend(good["captions"])
+        n = len(batch["bad"]) + (len(good["index"]) if good else 0)
+        seen, bad_count = seen + n, bad_count + len(batch["bad"])
+        bar.update(n)
+        bar.set_postfix(bad=bad_count, refresh=False)
+        if seen >= 200 and bad_count > options.max_bad_fraction * seen:
+            raise DataError(f"{source.name}: {bad_count} of {seen} items are unusable "
+                            f"(more than --max-bad-fraction {options.max_bad_fraction}); "
+                            f"first: {buffer.bad[:1] or 'see earlier shards'}")
+        shard_end = min(total, (shard + 1) * options.shard_size) - 1
+        if batch["last_index"] == shard_end:
+            buffer.flush(out, text, options, kinds)
+            buffer = None
+    bar.close()
+    elapsed = time.perf_counter() - start_time
+    prompts = _encode_class_prompts(out, source, text)
+    return _finish(out, manifest | prompts, num_shards, options, seen, elapsed)
+
+
+def _encode_class_prompts(out: Path, source: Source, text: TextEncoder) -> dict[str, Any]:
+    """For labelled sources, store class-name prompt features (C x T x D) for zero-shot eval."""
+    if not source.class_names:
+        return {}
+    templates = templates_for(source.name)
+    prompts = [format_prompt(t, c) for c in source.class_names for t in templates]
+    features = text.encode(prompts).float().cpu().numpy()
+    features = features.reshape(len(source.class_names), len(templates), text.dim)
+    digest = atomic_save_npy(out / PROMPTS, features.astype(np.float32))
+    return {"prompt_templates": templates, "prompts_sha256": digest}
+
+
+def _finish(out: Path, manifest: dict[str, Any], num_shards: int, options: EncodeOptions,
+            seen_now: int, elapsed: float) -> dict[str, Any]:
+    shards, bad_lines, rows_total, grid = [], [], 0, None
+    for k in range(num_shards):
+        meta = read_json(shard_file(out, k, "meta"))
+        shards.append({"index": k, "rows": meta["rows"], "sha256": meta["sha256"]})
+        rows_total += meta["rows"]
+        grid = grid or meta.get("grid")
+        bad_lines += [json.dumps({"shard": k, **b}) for b in meta["bad"]]
+    total = manifest["dataset"]["items"]
+    if total and len(bad_lines) > options.max_bad_fraction * total:
+        raise DataError(f"{manifest['dataset']['name']}: {len(bad_lines)} of {total} items are "
+                        f"unusable (more than --max-bad-fraction {options.max_bad_fraction}); "
+                        f"see {out / 'shards'}/*.meta.json")
+    atomic_write_bytes(out / BAD_ITEMS, "".join(line + "\n" for line in bad_lines).encode())
+    manifest = {**manifest, "status": "complete", "rows": rows_total, "bad_items": len(bad_lines),
+                "grid": grid, "shards": shards,
+                "last_run": {"items_encoded": seen_now, "seconds": round(elapsed, 2)}}
+    atomic_write_json(out / MANIFEST, manifest)
+    if bad_lines:
+        log.warning("%d items skipped (listed in %s)", len(bad_lines), out / BAD_ITEMS)
+    return manifest

@@ -1,0 +1,1 @@
+"""Small shared utilities (atomic files, hashing, logging) used by every stage."""

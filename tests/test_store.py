@@ -1,0 +1,172 @@
+"""Feature store: round trip, resume after kill -9, refusal of mismatched reruns, streaming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlalign.backbones import create_text_encoder, create_vision_encoder, image_to_tensor
+from vlalign.data import create_source
+from vlalign.errors import DataError, StoreError
+from vlalign.store import EncodeOptions, FeatureStore, encode_store
+from vlalign.store.layout import shard_file
+from vlalign.store.stream import BatchStream, StoreMix
+
+VISION, TEXT = "bundled:pixels?size=16", "bundled:bow"
+
+
+def _encode(out: Path, data: str = "digits:train[:300]", **options) -> FeatureStore:
+    options = {"shard_size": 64, "batch_size": 16, "num_workers": 0, "progress": False} | options
+    encode_store(create_source(data), create_vision_encoder(VISION), create_text_encoder(TEXT),
+                 out, kinds=["raw", "rewritten"], specs=(VISION, TEXT),
+                 options=EncodeOptions(**options))
+    return FeatureStore(out, verify=True)
+
+
+def test_round_trip_matches_direct_encoding(tmp_path):
+    store = _encode(tmp_path / "s", tokens=True)
+    source = create_source("digits:train[:300]")
+    assert len(store) == 300 and store.manifest["bad_items"] == 0
+    assert len(store.manifest["shards"]) == 5  # 64 x 4 + 44
+    vision = create_vision_encoder(VISION)
+    rows = np.array([0, 63, 64, 299])
+    pixels = torch.stack([image_to_tensor(source.load(int(i)).image, vision.preprocess)
+                          for i in rows])
+    expected = vision.encode(pixels, tokens=True)
+    np.testing.assert_allclose(store.images(rows), expected.pooled.numpy(), atol=2e-3)
+    np.testing.assert_allclose(store.tokens(rows), expected.tokens.numpy(), atol=2e-3)
+    example = source.load(299)
+    assert store.captions[299] == [example.captions["raw"], example.captions["rewritten"]]
+    assert store.labels[299] == example.label
+    texts = create_text_encoder(TEXT).encode(store.captions[63]).numpy()
+    np.testing.assert_allclose(store.texts(np.array([63]))[0], texts, atol=2e-3)
+    prompts = store.class_prompts()
+    assert prompts.shape[0] == 10 and prompts.shape[2] == 384  # bow's default dim
+    assert store.grid == (4, 4)
+
+
+def test_rerun_of_complete_store_is_a_no_op_and_mismatch_is_refused(tmp_path):
+    out = tmp_path / "s"
+    store = _encode(out, data="digits:train[:100]")
+    before = (out / "manifest.json").read_text()
+    _encode(out, data="digits:train[:100]")
+    assert (out / "manifest.json").read_text() == before
+    with pytest.raises(StoreError, match="different dataset"):
+        _encode(out, data="digits:train[:120]")
+    with pytest.raises(StoreError, match="different tokens"):
+        _encode(out, data="digits:train[:100]", tokens=True)
+    assert len(store) == 100
+
+
+def test_resume_skips_finished_shards_and_redoes_a_damaged_one(tmp_path):
+    reference = _encode(tmp_path / "ref")
+    out = tmp_path / "s"
+    _encode(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["status"] = "encoding"  # as if killed before the end
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    shard_file(out, 2, "images").write_bytes(b"garbage")  # a torn write
+    shard_file(out, 4, "meta").unlink()  # a shard that never finished
+    kept = shard_file(out, 0, "images").stat().st_mtime_ns
+    store = _encode(out)
+    assert shard_file(out, 0, "images").stat().st_mtime_ns == kept  # not redone
+    np.testing.assert_array_equal(store.images(np.arange(300)),
+                                  reference.images(np.arange(300)))
+    np.testing.assert_array_equal(store.texts(np.arange(300)), reference.texts(np.arange(300)))
+
+
+def test_corrupt_items_are_skipped_counted_and_listed(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i in range(12):
+        path = tmp_path / f"img{i}.png"
+        if i == 3:
+            path.write_bytes(b"not an image")
+        elif i == 7:
+            path.write_bytes(b"")
+        else:
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(path)
+        rows.append({"image": path.name, "caption": "" if i == 9 else f"red level {i}"})
+    rows.append({"image": "missing.png", "caption": "gone"})
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = _encode(tmp_path / "s", data=f"jsonl:{jsonl}", max_bad_fraction=0.5)
+    assert len(store) == 9 and store.manifest["bad_items"] == 4
+    listed = (tmp_path / "s" / "bad_items.jsonl").read_text().splitlines()
+    bad = [json.loads(line) for line in listed]
+    assert sorted(b["index"] for b in bad) == [3, 7, 9, 12]
+    assert store.captions[3] == ["red level 4", "red level 4"]  # raw repeated as rewritten
+    with pytest.raises(DataError, match="4 of 13 items are unusable"):
+        _encode(tmp_path / "strict", data=f"jsonl:{jsonl}", max_bad_fraction=0.1)
+
+
+def test_batch_stream_is_deterministic_disjoint_and_resumable(tmp_path):
+    store = _encode(tmp_path / "s")
+    data = StoreMix([store, store])
+    stream = BatchStream(data, batch_size=64, kinds=["raw"], seed=3)
+    assert stream.steps_per_epoch == 600 // 64
+    epoch = np.concatenate([stream.rows(s) for s in range(stream.steps_per_epoch)])
+    assert len(np.unique(epoch)) == len(epoch)  # no repeats within an epoch
+    full = [b.images for b in stream.iterate(0, 12)]
+    resumed = [b.images for b in BatchStream(data, 64, ["raw"], seed=3).iterate(7, 12)]
+    for a, b in zip(full[7:], resumed):
+        assert (a == b).all()
+    halves = [BatchStream(data, 64, ["raw"], 3, rank=r, world_size=2).rows(5) for r in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), stream.rows(5))
+
+
+def test_mixing_stores_of_different_backbones_is_refused(tmp_path):
+    store = _encode(tmp_path / "a", data="digits:train[:64]")
+    other = tmp_path / "b"
+    encode_store(create_source("digits:train[:64]"), create_vision_encoder("bundled:pixels?size=8"),
+                 create_text_encoder(TEXT), other, kinds=["raw"],
+                 specs=("bundled:pixels?size=8", TEXT),
+                 options=EncodeOptions(shard_size=64, num_workers=0, progress=False))
+    with pytest.raises(StoreError, match="must share backbones"):
+        StoreMix([store, FeatureStore(other)])
+
+
+def test_incomplete_or_missing_store_errors(tmp_path):
+    with pytest.raises(StoreError, match="not a feature store"):
+        FeatureStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "encoding"}))
+    with pytest.raises(StoreError, match="incomplete"):
+        FeatureStore(tmp_path)
+
+
+def _encode_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "vlalign", "encode", "--vision", "bundled:mobilenetv2?size=96",
+            "--text", TEXT, "--data", "digits:train[:480]", "--out", str(out), "--shard-size",
+            "32", "--batch-size", "16", "--quiet", "--tokens"]
+
+
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
+    """A real SIGKILL mid-encode; rerunning the command finishes with identical arrays."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_encode_cmd(killed), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(killed.glob("shards/*.meta.json"))) < 3:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_at_kill = len(list(killed.glob("shards/*.meta.json")))
+    assert 3 <= done_at_kill < 15, "the kill must land mid-run"
+    assert json.loads((killed / "manifest.json").read_text())["status"] == "encoding"
+    subprocess.run(_encode_cmd(killed), env=env, check=True, stderr=subprocess.DEVNULL)
+    clean = tmp_path / "clean"
+    subprocess.run(_encode_cmd(clean), env=env, check=True, stderr=subprocess.DEVNULL)
+    a, b = FeatureStore(killed, verify=True), FeatureStore(clean, verify=True)
+    rows = np.arange(len(b))
+    assert len(a) == len(b) == 480
+    for what in ("images", "texts", "tokens"):
+        np.testing.assert_array_equal(getattr(a, what)(rows), getattr(b, what)(rows))
+    assert a.captions == b.captions and (a.labels == b.labels).all()
