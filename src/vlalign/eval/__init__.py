@@ -1,0 +1,1 @@
+"""Evaluation tasks: each module has one pure ``evaluate(...) -> dict`` on embeddings."""

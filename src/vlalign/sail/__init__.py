@@ -1,0 +1,32 @@
+"""SAIL: alignment heads and contrastive losses trained on stored frozen-backbone features."""
+
+from vlalign.sail.distributed import all_gather_with_grad, all_reduce_sum, sum_gradients, world_info
+from vlalign.sail.heads import HEADS, GLUHead, LinearHead, MLPHead, create_head
+from vlalign.sail.losses import (
+    LOSSES,
+    ContrastiveLoss,
+    InfoNCELoss,
+    SigmoidLoss,
+    create_loss,
+    infonce_loss_reference,
+    sigmoid_loss_reference,
+)
+
+__all__ = [
+    "HEADS",
+    "LOSSES",
+    "ContrastiveLoss",
+    "GLUHead",
+    "InfoNCELoss",
+    "LinearHead",
+    "MLPHead",
+    "SigmoidLoss",
+    "all_gather_with_grad",
+    "all_reduce_sum",
+    "create_head",
+    "create_loss",
+    "infonce_loss_reference",
+    "sigmoid_loss_reference",
+    "sum_gradients",
+    "world_info",
+]

@@ -1,0 +1,85 @@
+"""Alignment heads that map frozen-backbone features into the joint space (DESIGN 1.1, 1.2).
+
+Every head maps (..., in_dim) to (..., out_dim), so it applies to pooled vectors (B x D) and,
+unchanged, to every token (B x N x D) for dense use. L2 normalisation happens outside the head.
+Each head keeps a JSON-ready ``config``; ``create_head(**head.config)`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlalign.errors import UserError
+
+
+class LinearHead(nn.Module):
+    """One affine layer: the alignment-probing head (SAIL part 1)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {"kind": "linear", "in_dim": in_dim, "out_dim": out_dim}
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (..., in_dim) -> (..., out_dim)
+
+
+class GLUHead(nn.Module):
+    """SAIL's gated head (the official code's StarMLP): LayerNorm, W_out(ReLU6(W1 x) * W2 x)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 1024, width_factor: int = 8) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {
+            "kind": "glu", "in_dim": in_dim, "out_dim": out_dim, "width_factor": width_factor,
+        }
+        hidden = width_factor * in_dim
+        self.norm = nn.LayerNorm(in_dim)
+        self.w1 = nn.Linear(in_dim, hidden)
+        self.w2 = nn.Linear(in_dim, hidden)
+        self.w_out = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)  # (..., in_dim)
+        # ReLU6 as a clamp: its backward is a plain mask, robust in bf16 (the official
+        # nn.ReLU6 crashed there on some GPUs).
+        gate = torch.clamp(self.w1(x), 0.0, 6.0)  # (..., hidden)
+        return self.w_out(gate * self.w2(x))  # (..., out_dim)
+
+
+class MLPHead(nn.Module):
+    """Two-layer MLP head (LayerNorm, Linear, GELU, Linear); hidden defaults to in_dim."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or in_dim
+        self.config: dict[str, Any] = {
+            "kind": "mlp", "in_dim": in_dim, "out_dim": out_dim, "hidden": hidden,
+        }
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (..., in_dim) -> (..., out_dim)
+
+
+HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "glu": GLUHead, "mlp": MLPHead}
+
+
+def create_head(kind: str, in_dim: int, out_dim: int, **kw: Any) -> nn.Module:
+    """Build a head by kind name; unknown kinds or options are a UserError naming valid ones."""
+    if kind not in HEADS:
+        raise UserError(f"unknown head kind {kind!r}; valid: {', '.join(HEADS)}")
+    cls = HEADS[kind]
+    try:
+        inspect.signature(cls).bind(in_dim, out_dim, **kw)
+    except TypeError as err:
+        options = ", ".join(list(inspect.signature(cls).parameters)[2:]) or "none"
+        raise UserError(
+            f"bad options {kw} for head {kind!r} ({err}); its options: {options}"
+        ) from None
+    return cls(in_dim, out_dim, **kw)

@@ -1,0 +1,216 @@
+"""SAIL training on stored features: the whole loop on one screen.
+
+Run directory: ``config.json`` (resolved recipe), ``metrics.jsonl`` (one line per logged step),
+``ckpt-*.safetensors/json`` + ``latest.json`` (atomic checkpoints), and at the end
+``heads.safetensors`` + ``heads.json`` (what `vlalign.load_model` reads).
+Under torchrun every rank reads its slice of each global batch; the loss sees the global
+batch's negatives (see losses.py) and gradients are summed across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vlalign.config import to_dict
+from vlalign.errors import UserError
+from vlalign.sail.config import HeadConfig, SailConfig
+from vlalign.sail.distributed import all_reduce_sum, sum_gradients, world_info
+from vlalign.sail.heads import create_head
+from vlalign.sail.losses import create_loss
+from vlalign.sail.optim import cosine_lr, create_optimizer
+from vlalign.store.reader import FeatureStore
+from vlalign.store.stream import BatchStream, StoreMix
+from vlalign.utils.checkpoint import (
+    flatten_optimizer,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
+from vlalign.utils.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+Evaluator = Callable[["SailModule", int], dict[str, float]]
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the message names the step and the term."""
+
+
+class SailModule(nn.Module):
+    """The trainable part of SAIL: one head per modality plus the loss's scale and bias."""
+
+    def __init__(self, config: SailConfig, image_dim: int, text_dim: int):
+        super().__init__()
+        self.vision_head = _head(config.vision_head, image_dim, config.embed_dim)
+        self.text_head = _head(config.text_head, text_dim, config.embed_dim)
+        rank, world_size = world_info()
+        self.loss = create_loss(config.loss, block_size=config.loss_block_size, rank=rank,
+                                world_size=world_size)
+
+    def encode_image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings from backbone features."""
+        return F.normalize(self.vision_head(x).float(), dim=-1)
+
+    def encode_text_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised text embeddings from backbone features."""
+        return F.normalize(self.text_head(x).float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, texts: dict[str, torch.Tensor]):
+        """(total loss, named terms) for image features and one text matrix per caption kind."""
+        return self.loss(self.encode_image_features(images),
+                         {kind: self.encode_text_features(t) for kind, t in texts.items()})
+
+
+def _head(config: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
+    options = {"width_factor": config.width_factor} if config.kind == "glu" else {}
+    return create_head(config.kind, in_dim, out_dim, **options)
+
+
+def _check_finite(step: int, terms: dict[str, torch.Tensor], last_good: int | None) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            where = f"step {last_good}" if last_good is not None else "none yet"
+            raise TrainingDiverged(f"non-finite {name} = {value.item()} at step {step}; "
+                                   f"stopped (last good checkpoint: {where})")
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (no duplicates)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line and json.loads(line).get("step", -1) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def export_heads(module: SailModule, run_dir: Path, config: SailConfig,
+                 store: FeatureStore, step: int) -> None:
+    """Write heads.safetensors + heads.json: the trained part of a SAIL model."""
+    from safetensors.torch import save_file
+
+    tensors = {f"vision_head.{k}": v for k, v in module.vision_head.state_dict().items()}
+    tensors |= {f"text_head.{k}": v for k, v in module.text_head.state_dict().items()}
+    tensors |= {f"loss.{k}": v for k, v in module.loss.state_dict().items()}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+              str(run_dir / "heads.safetensors"))
+    manifest = store.manifest
+    atomic_write_json(run_dir / "heads.json", {
+        "method": "sail", "step": step, "embed_dim": config.embed_dim,
+        "vision_head": module.vision_head.config, "text_head": module.text_head.config,
+        "loss": config.loss,
+        "vision": {k: manifest["vision"][k] for k in ("spec", "identity", "dim", "preprocess")},
+        "text": {k: manifest["text"][k] for k in ("spec", "identity", "dim")},
+    })
+
+
+def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
+               evaluate: Evaluator | None = None, progress: bool = True,
+               max_steps: int | None = None) -> dict[str, Any]:
+    """Train SAIL heads on stored features; returns the last logged metrics.
+
+    ``max_steps`` stops early (the schedule still spans the full run), for tests and demos.
+    """
+    rank, world_size = world_info()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    run_dir = Path(run_dir)
+    if (run_dir / "latest.json").exists() and not resume:
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
+                        "or choose another --out")
+    stores = [FeatureStore(p) for p in config.train_stores]
+    data = StoreMix(stores)
+    data.kinds_available(config.positives)
+    stream = BatchStream(data, config.batch_size, config.positives, config.seed, rank, world_size)
+    total_steps = max(1, int(config.epochs * stream.steps_per_epoch))
+
+    torch.manual_seed(config.seed)
+    module = SailModule(config, data.image_dim, data.text_dim)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optim = config.optim
+    optimizer = create_optimizer(optim.name, params, optim.lr, optim.weight_decay,
+                                 (optim.beta1, optim.beta2))
+    start, last_good = 0, None
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        tensors, info = checkpoint
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        restore_optimizer(optimizer, tensors, info["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        start = last_good = info["step"]
+        log.info("resuming %s from step %d", run_dir, start)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", to_dict(config))
+        _trim_metrics(run_dir / "metrics.jsonl", start)
+
+    def checkpoint_now(step: int) -> None:
+        nonlocal last_good
+        if rank == 0:
+            opt_tensors, opt_info = flatten_optimizer(optimizer)
+            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+            tensors |= opt_tensors | {"rng.torch": torch.get_rng_state()}
+            save_checkpoint(run_dir, step, tensors,
+                            {"optimizer": opt_info, "config": to_dict(config)})
+        last_good = step
+
+    stop = total_steps if max_steps is None else min(total_steps, max_steps)
+    autocast = _AUTOCAST.get(config.precision)
+    bar = tqdm(total=stop, initial=start, disable=not progress or rank != 0, unit="step",
+               desc="train sail", dynamic_ncols=True)
+    metrics: dict[str, Any] = {}
+    wait_start = time.perf_counter()
+    with open(run_dir / "metrics.jsonl", "a") if rank == 0 else open("/dev/null", "w") as sink:
+        for batch in stream.iterate(start, stop):
+            step = batch.step
+            data_time = time.perf_counter() - wait_start
+            lr = cosine_lr(step, total_steps, config.optim.lr, config.optim.warmup_fraction,
+                           config.optim.min_lr_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            compute_start = time.perf_counter()
+            with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
+                                dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss, terms = module(batch.images, dict(zip(config.positives, batch.texts)))
+            _check_finite(step, {"loss": loss, **terms}, last_good)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world_size > 1:  # each rank's loss is its share: sum the gradients
+                sum_gradients(params)
+            grad_norm = nn.utils.clip_grad_norm_(params, config.optim.grad_clip or float("inf"))
+            optimizer.step()
+            compute_time = time.perf_counter() - compute_start
+            done = step + 1
+            if done % config.log_every == 0 or done == stop:
+                metrics = {"step": done, "lr": lr,
+                           **{k: float(all_reduce_sum(v)) for k, v in
+                              {"loss": loss.detach(), **terms}.items()},
+                           "grad_norm": float(grad_norm),
+                           "pairs_per_s": config.batch_size / max(1e-9, data_time + compute_time),
+                           "data_s": round(data_time, 4), "compute_s": round(compute_time, 4)}
+                if evaluate is not None and rank == 0 and (
+                        done == stop or (config.eval_every and done % config.eval_every == 0)):
+                    metrics |= {f"val/{k}": v for k, v in evaluate(module, done).items()}
+                sink.write(json.dumps(metrics) + "\n")
+                sink.flush()
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+            if done % config.checkpoint_every == 0 or done == stop:
+                checkpoint_now(done)
+            bar.update(1)
+            wait_start = time.perf_counter()
+    bar.close()
+    if rank == 0:
+        export_heads(module, run_dir, config, stores[0], stop)
+    return metrics
+
