@@ -14,7 +14,7 @@ demo: $(STAMP)
 	$(PY) -m vlalign.demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench scripts
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -373,3 +373,16 @@ def test_wanted_repo_files_prefers_safetensors() -> None:
              "openvino/openvino_model.bin", "vocab.txt", "1_Pooling/config.json", "README.md"]
     assert sorted(hf_adapter.wanted_repo_files(files)) == [
         "1_Pooling/config.json", "config.json", "model.safetensors", "vocab.txt"]
+
+
+@pytest.mark.parametrize("spec", ["bundled:mobilenetv2", "bundled:efficientnet-lite0@stage4"])
+def test_onnxruntime_path_matches_eager_pytorch(spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLALIGN_CACHE", str(tmp_path))
+    fast = create_vision_encoder(spec + "?runtime=onnx")
+    eager = create_vision_encoder(spec + "?runtime=torch")
+    assert fast.runtime == "onnx" and fast.identity == eager.identity
+    pixels = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    a, b = fast.encode(pixels, tokens=True), eager.encode(pixels, tokens=True)
+    torch.testing.assert_close(a.pooled, b.pooled, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.tokens, b.tokens, rtol=1e-4, atol=1e-4)
+    assert list((tmp_path / "onnx").glob("*.onnx")), "the export is cached"

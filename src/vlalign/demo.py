@@ -37,7 +37,7 @@ class DemoSize:
     fashion_test: str = "fashion-mnist:test"
     emoji_train: str = "emoji:train"
     emoji_test: str = "emoji:test"
-    epochs: float = 10.0
+    epochs: float = 20.0
     transfer_epochs: float = 30.0
     batch_size: int = 1024
 

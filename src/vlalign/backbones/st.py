@@ -30,7 +30,9 @@ class SentenceTransformerText:
     def __init__(self, spec: Spec, folder: Path, device: str = "cpu") -> None:
         opts = resolve_options(spec, ST_DEFAULTS)
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per weight-file load is noise in our output
         try:
             self.model = SentenceTransformer(
                 str(folder), device=device, local_files_only=True,

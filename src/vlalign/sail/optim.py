@@ -19,19 +19,22 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        """One update of every parameter with a gradient (foreach kernels: few passes)."""
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(param)
-                exp_avg = state["exp_avg"]
-                param.mul_(1 - group["lr"] * group["weight_decay"])
-                update = exp_avg.mul(beta1).add_(param.grad, alpha=1 - beta1).sign_()
-                param.add_(update, alpha=-group["lr"])
-                exp_avg.mul_(beta2).add_(param.grad, alpha=1 - beta2)
+            grads = [p.grad for p in params]
+            moments = [self.state[p].setdefault("exp_avg", torch.zeros_like(p)) for p in params]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            updates = torch._foreach_mul(moments, beta1)
+            torch._foreach_add_(updates, grads, alpha=1 - beta1)
+            torch._foreach_sign_(updates)
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            torch._foreach_mul_(moments, beta2)
+            torch._foreach_add_(moments, grads, alpha=1 - beta2)
 
 
 def create_optimizer(name: str, params: list, lr: float, weight_decay: float,

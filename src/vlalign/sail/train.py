@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vlalign.config import to_dict
 from vlalign.errors import UserError
 from vlalign.sail.config import HeadConfig, SailConfig
-from vlalign.sail.distributed import all_reduce_sum, sum_gradients, world_info
+from vlalign.sail.distributed import all_reduce_sum, init_from_env, sum_gradients, world_info
 from vlalign.sail.heads import create_head
 from vlalign.sail.losses import create_loss
 from vlalign.sail.optim import cosine_lr, create_optimizer
@@ -95,6 +95,17 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def _device(name: str) -> torch.device:
+    """'auto' -> this rank's GPU if CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device cuda requested but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
 def export_heads(module: SailModule, run_dir: Path, config: SailConfig,
                  store: FeatureStore, step: int) -> None:
     """Write heads.safetensors + heads.json: the trained part of a SAIL model."""
@@ -122,7 +133,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
 
     ``max_steps`` stops early (the schedule still spans the full run), for tests and demos.
     """
-    rank, world_size = world_info()
+    rank, world_size = init_from_env()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     run_dir = Path(run_dir)
@@ -135,8 +146,9 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
     stream = BatchStream(data, config.batch_size, config.positives, config.seed, rank, world_size)
     total_steps = max(1, int(config.epochs * stream.steps_per_epoch))
 
+    device = _device(config.device)
     torch.manual_seed(config.seed)
-    module = SailModule(config, data.image_dim, data.text_dim)
+    module = SailModule(config, data.image_dim, data.text_dim).to(device)
     params = [p for p in module.parameters() if p.requires_grad]
     optim = config.optim
     optimizer = create_optimizer(optim.name, params, optim.lr, optim.weight_decay,
@@ -180,9 +192,12 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             compute_start = time.perf_counter()
-            with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
-                                dtype=autocast or torch.float32, enabled=autocast is not None):
-                loss, terms = module(batch.images, dict(zip(config.positives, batch.texts)))
+            images = batch.images.to(device, non_blocking=True)
+            texts = {k: t.to(device, non_blocking=True) for k, t in zip(config.positives,
+                                                                         batch.texts)}
+            with torch.autocast(device.type, dtype=autocast or torch.float32,
+                                enabled=autocast is not None):
+                loss, terms = module(images, texts)
             _check_finite(step, {"loss": loss, **terms}, last_good)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
