@@ -11,7 +11,7 @@ $(STAMP): scripts/setup.sh scripts/requirements.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m vlalign.demo --out runs/demo
+	$(PY) -m vlalign demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests bench scripts
