@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.vlalign-ready
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test bench clean
 
 $(STAMP): scripts/setup.sh scripts/requirements.txt pyproject.toml
 	bash scripts/setup.sh
