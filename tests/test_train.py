@@ -106,3 +106,12 @@ def test_kill_9_then_resume_reaches_the_same_weights(digit_store, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "resumed metrics must not repeat steps"
+
+
+def test_evaluation_runs_on_its_own_schedule(digit_store, tmp_path):
+    config = _config(digit_store, eval_every=3, log_every=5)
+    train_sail(config, tmp_path / "run", evaluate=store_evaluator([str(digit_store)]),
+               progress=False, max_steps=10)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [line["step"] for line in lines if "val/digits:train/acc1" in line]
+    assert evaluated == [3, 6, 9, 10] and [line["step"] for line in lines] == [3, 5, 6, 9, 10]

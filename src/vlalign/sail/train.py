@@ -207,15 +207,16 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
             optimizer.step()
             compute_time = time.perf_counter() - compute_start
             done = step + 1
-            if done % config.log_every == 0 or done == stop:
+            evaluate_now = evaluate is not None and (
+                done == stop or (config.eval_every and done % config.eval_every == 0))
+            if done % config.log_every == 0 or done == stop or evaluate_now:
                 metrics = {"step": done, "lr": lr,
                            **{k: float(all_reduce_sum(v)) for k, v in
                               {"loss": loss.detach(), **terms}.items()},
                            "grad_norm": float(grad_norm),
                            "pairs_per_s": config.batch_size / max(1e-9, data_time + compute_time),
                            "data_s": round(data_time, 4), "compute_s": round(compute_time, 4)}
-                if evaluate is not None and rank == 0 and (
-                        done == stop or (config.eval_every and done % config.eval_every == 0)):
+                if evaluate_now and rank == 0:
                     metrics |= {f"val/{k}": v for k, v in evaluate(module, done).items()}
                 sink.write(json.dumps(metrics) + "\n")
                 sink.flush()

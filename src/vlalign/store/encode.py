@@ -228,8 +228,8 @@ def encode_store(source: Source, vision: VisionEncoder, text: TextEncoder, out: 
     total = len(source)
     num_shards = max(1, -(-total // options.shard_size))
     todo = [k for k in range(num_shards) if not _shard_complete(out, k)]
-    done_items = sum(min(total, (k + 1) * options.shard_size) - k * options.shard_size
-                     for k in range(num_shards) if k not in set(todo))
+    done_items = total - sum(min(total, (k + 1) * options.shard_size) - k * options.shard_size
+                             for k in todo)
     log.info("encoding %s: %d items, %d shards (%d to do)", source.name, total, num_shards,
              len(todo))
     loader = DataLoader(_Decoded(source, vision, kinds),
