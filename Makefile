@@ -20,6 +20,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/encode.py
 	$(PY) bench/sail_step.py
+	$(PY) bench/store_scale.py --clean
 
 clean:
 	rm -rf runs stores bench/results

@@ -10,7 +10,7 @@ import torch
 from vlalign.errors import UserError
 from vlalign.sail.heads import HEADS, GLUHead, create_head
 
-KINDS = sorted(HEADS)
+KINDS = sorted(kind for kind in HEADS if kind != "identity")  # the trainable heads
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +42,13 @@ def test_per_token_equals_per_row(kind: str) -> None:
     tokens = torch.randn(4, 9, 12)  # (B, N, D)
     per_row = head(tokens.reshape(-1, 12)).reshape(4, 9, 6)
     torch.testing.assert_close(head(tokens), per_row, rtol=1e-6, atol=1e-6)
+
+
+def test_identity_head_passes_through_and_needs_equal_dims() -> None:
+    x = torch.randn(3, 5, 8)
+    assert torch.equal(create_head("identity", 8, 8)(x), x)
+    with pytest.raises(UserError, match="equal dims, got 8 -> 4"):
+        create_head("identity", 8, 4)
 
 
 def test_glu_is_layernorm_gated_relu6() -> None:

@@ -47,23 +47,34 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return False
         raise UserError(f"config {where}: expected true/false, got {value!r}")
     if kind in (int, float):
-        try:
-            number = float(value) if kind is float else int(value)
-        except (TypeError, ValueError):
-            raise UserError(f"config {where}: expected {kind.__name__}, got {value!r}") from None
-        return number
+        return _number(value, kind, where)
     if kind is str:
-        if isinstance(value, dict | list):
+        if value is None or isinstance(value, dict | list):
             raise UserError(f"config {where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _number(value: Any, kind: type, where: str) -> int | float:
+    """An int or float from a number or numeric string; never a bool, never a truncation."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError
+            number = int(value) if isinstance(value, int) else int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"config {where}: expected {kind.__name__}, got {value!r}") from None
+    return number
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict; unknown keys are errors naming valid ones."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise UserError(f"config: unknown key {where + '.' if where else ''}{unknown[0]}; "
                         f"valid: {', '.join(sorted(names))}")
@@ -104,7 +115,9 @@ def load_config(cls: type[T], path: str | Path | None = None,
         if not path.exists():
             raise UserError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a UTF-8 text file") from None
         except yaml.YAMLError as error:
             raise UserError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(loaded, dict):

@@ -31,7 +31,9 @@ class HashedBagOfWords:
         try:
             self.dim = int(spec.options.get("dim", "384"))
         except ValueError:
-            raise UserError(f"spec {spec.text!r}: dim must be an integer") from None
+            self.dim = 0
+        if self.dim <= 0:
+            raise UserError(f"spec {spec.text!r}: dim must be a positive integer")
         self.bigrams = spec.options.get("bigrams", "1") not in ("0", "false", "no")
         self.identity = f"bundled:bow?dim={self.dim}&bigrams={int(self.bigrams)}"
         self.device = torch.device(device)

@@ -17,11 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-def cache_dir() -> Path:
-    """``$VLALIGN_CACHE`` or ``~/.cache/vlalign``, created on demand."""
-    root = Path(os.environ.get("VLALIGN_CACHE", Path.home() / ".cache" / "vlalign"))
-    return root / "onnx"
+from vlalign.utils.files import cache_dir
 
 
 def onnxruntime_available() -> bool:
@@ -69,7 +65,7 @@ class OnnxTrunk:
         import onnxruntime
 
         key = hashlib.sha1(f"{identity}|{size}|{torch.__version__}".encode()).hexdigest()[:16]
-        path = cache_dir() / f"{key}.onnx"
+        path = cache_dir("onnx") / f"{key}.onnx"
         if not path.exists():
             _export(trunk, owner, size, path)
         options = onnxruntime.SessionOptions()

@@ -15,6 +15,17 @@ WHITE = (255, 255, 255)
 
 def decode_image(data: bytes | str | os.PathLike[str]) -> Image.Image:
     """Fully decode bytes or a file to an RGB image (alpha over white), or raise BadItem."""
+    return to_rgb(decode_any(data))
+
+
+def decode_rgba(data: bytes | str | os.PathLike[str]) -> Image.Image:
+    """Fully decode bytes or a file to RGBA, keeping transparency (for compositing)."""
+    return decode_any(data).convert("RGBA")
+
+
+def decode_any(data: bytes | str | os.PathLike[str]) -> Image.Image:
+    """Read and fully decode an image in its own mode (masks keep palette indices); every
+    failure becomes a BadItem."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw, where = bytes(data), "image bytes"
     else:
@@ -24,8 +35,8 @@ def decode_image(data: bytes | str | os.PathLike[str]) -> Image.Image:
             raw = path.read_bytes()
         except FileNotFoundError:
             raise BadItem(f"missing image file: {where}") from None
-        except OSError as error:
-            raise BadItem(f"unreadable image file {where}: {error}") from None
+        except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+            raise BadItem(f"unreadable image file {where!r}: {error}") from None
     if not raw:
         raise BadItem(f"empty (zero-byte) image: {where}")
     try:
@@ -36,7 +47,7 @@ def decode_image(data: bytes | str | os.PathLike[str]) -> Image.Image:
     except Exception as error:  # PIL plugins raise OSError, SyntaxError, ValueError, EOFError, ...
         reason = f"{type(error).__name__}: {error}"
         raise BadItem(f"truncated or corrupt image {where}: {reason}") from None
-    return to_rgb(image)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -44,4 +44,5 @@ class SailConfig:
     eval_every: int = 0  # steps; 0 = only at the end
     checkpoint_every: int = 100  # steps
     num_threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    verify_stores: bool = True  # sha256 every training shard before the first step
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda

@@ -19,33 +19,15 @@ Gradient convention (what a trainer must do; DESIGN 4: multi-process = one proce
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from vlalign.utils.distributed import world_info
 
-def init_from_env() -> tuple[int, int]:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...), if any.
-
-    NCCL when CUDA is available, gloo otherwise. Without torchrun's variables (or with one
-    process) nothing is initialised and (0, 1) is returned.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return world_info()
-
-
-def world_info(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
-    """(rank, world_size) of the group if torch.distributed is initialised, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group), dist.get_world_size(group)
-    return 0, 1
+__all__ = ["all_gather_with_grad", "all_reduce_sum", "sum_gradients", "world_info"]
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

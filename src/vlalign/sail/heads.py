@@ -67,7 +67,22 @@ class MLPHead(nn.Module):
         return self.net(x)  # (..., in_dim) -> (..., out_dim)
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "glu": GLUHead, "mlp": MLPHead}
+class IdentityHead(nn.Module):
+    """No mapping: for backbones already in a joint space (a CLIP's two towers)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        if in_dim != out_dim:
+            raise UserError(f"an identity head needs equal dims, got {in_dim} -> {out_dim}")
+        self.config: dict[str, Any] = {"kind": "identity", "in_dim": in_dim, "out_dim": out_dim}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead, "glu": GLUHead, "mlp": MLPHead, "identity": IdentityHead,
+}
 
 
 def create_head(kind: str, in_dim: int, out_dim: int, **kw: Any) -> nn.Module:

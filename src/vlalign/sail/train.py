@@ -5,6 +5,11 @@ Run directory: ``config.json`` (resolved recipe), ``metrics.jsonl`` (one line pe
 ``heads.safetensors`` + ``heads.json`` (what `vlalign.load_model` reads).
 Under torchrun every rank reads its slice of each global batch; the loss sees the global
 batch's negatives (see losses.py) and gradients are summed across ranks.
+
+Before the first step the stores are checked (sha256 of every shard, shared among the ranks;
+validation stores must come from the same backbones; a resumed checkpoint must fit the heads),
+so a bad input fails in seconds with one line rather than hours later or silently. A loss or
+gradient that is not finite stops the run on every rank, keeping the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from vlalign.config import to_dict
-from vlalign.errors import UserError
+from vlalign.errors import StoreError, UserError
 from vlalign.sail.config import HeadConfig, SailConfig
-from vlalign.sail.distributed import all_reduce_sum, init_from_env, sum_gradients, world_info
+from vlalign.sail.distributed import all_reduce_sum, sum_gradients, world_info
 from vlalign.sail.heads import create_head
 from vlalign.sail.losses import create_loss
 from vlalign.sail.optim import cosine_lr, create_optimizer
@@ -35,8 +40,10 @@ from vlalign.utils.checkpoint import (
     load_checkpoint,
     restore_optimizer,
     save_checkpoint,
+    save_tensors,
 )
-from vlalign.utils.files import atomic_write_json
+from vlalign.utils.distributed import init_from_env, on_rank_zero, raise_if_any_failed
+from vlalign.utils.files import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 Evaluator = Callable[["SailModule", int], dict[str, float]]
@@ -78,7 +85,15 @@ def _head(config: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
     return create_head(config.kind, in_dim, out_dim, **options)
 
 
+def _global_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The loss and its terms summed over ranks (shares -> global values) in one all_reduce."""
+    named = {"loss": loss, **terms}
+    values = all_reduce_sum(torch.stack([v.detach().float() for v in named.values()]))
+    return dict(zip(named, values))
+
+
 def _check_finite(step: int, terms: dict[str, torch.Tensor], last_good: int | None) -> None:
+    """TrainingDiverged naming the first non-finite value (identical on every rank)."""
     for name, value in terms.items():
         if not torch.isfinite(value).all():
             where = f"step {last_good}" if last_good is not None else "none yet"
@@ -86,13 +101,49 @@ def _check_finite(step: int, terms: dict[str, torch.Tensor], last_good: int | No
                                    f"stopped (last good checkpoint: {where})")
 
 
+def _check_stores(config: SailConfig, stores: list[FeatureStore], rank: int,
+                  world_size: int) -> None:
+    """Fail up front, on every rank, on a corrupt shard or a validation store that does not
+    match the training stores' backbones (its features would not fit the heads)."""
+    error = None
+    try:
+        for path in config.val_stores:
+            found = FeatureStore(path).backbones
+            if found != stores[0].backbones:
+                raise StoreError(f"validation store {path} was encoded with {found}, the "
+                                 f"training store with {stores[0].backbones}; they must match")
+        if config.verify_stores:
+            for store in stores:
+                store.verify(rank, world_size)
+    except UserError as caught:
+        error = caught
+    raise_if_any_failed(error)
+
+
+def _check_fits(module: nn.Module, tensors: dict[str, torch.Tensor], run_dir: Path) -> None:
+    """UserError if a checkpoint's weights do not have the shapes of this run's heads."""
+    for name, param in module.state_dict().items():
+        saved = tensors.get(f"model.{name}")
+        if saved is None or saved.shape != param.shape:
+            found = "missing" if saved is None else tuple(saved.shape)
+            raise UserError(f"{run_dir}: checkpoint tensor {name} is {found}, this run needs "
+                            f"{tuple(param.shape)} (different store dims or heads); "
+                            "use another --out")
+
+
 def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (no duplicates)."""
+    """Drop metric lines logged after the checkpoint we resume from (no duplicates), and a line
+    torn by a kill mid-write."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line and json.loads(line).get("step", -1) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(line).get("step", -1) <= last_step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue
+    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
 def _device(name: str) -> torch.device:
@@ -109,13 +160,10 @@ def _device(name: str) -> torch.device:
 def export_heads(module: SailModule, run_dir: Path, config: SailConfig,
                  store: FeatureStore, step: int) -> None:
     """Write heads.safetensors + heads.json: the trained part of a SAIL model."""
-    from safetensors.torch import save_file
-
     tensors = {f"vision_head.{k}": v for k, v in module.vision_head.state_dict().items()}
     tensors |= {f"text_head.{k}": v for k, v in module.text_head.state_dict().items()}
     tensors |= {f"loss.{k}": v for k, v in module.loss.state_dict().items()}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-              str(run_dir / "heads.safetensors"))
+    atomic_write_bytes(run_dir / "heads.safetensors", save_tensors(tensors))
     manifest = store.manifest
     atomic_write_json(run_dir / "heads.json", {
         "method": "sail", "step": step, "embed_dim": config.embed_dim,
@@ -143,6 +191,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
     stores = [FeatureStore(p) for p in config.train_stores]
     data = StoreMix(stores)
     data.kinds_available(config.positives)
+    _check_stores(config, stores, rank, world_size)
     stream = BatchStream(data, config.batch_size, config.positives, config.seed, rank, world_size)
     total_steps = max(1, int(config.epochs * stream.steps_per_epoch))
 
@@ -157,6 +206,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
     checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         tensors, info = checkpoint
+        _check_fits(module, tensors, run_dir)
         module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, info["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
@@ -164,17 +214,20 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
         log.info("resuming %s from step %d", run_dir, start)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob("*.tmp"):  # left by a kill mid-write; never read
+            stale.unlink()
         atomic_write_json(run_dir / "config.json", to_dict(config))
         _trim_metrics(run_dir / "metrics.jsonl", start)
 
+    def save(step: int) -> None:
+        opt_tensors, opt_info = flatten_optimizer(optimizer)
+        tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+        tensors |= opt_tensors | {"rng.torch": torch.get_rng_state()}
+        save_checkpoint(run_dir, step, tensors, {"optimizer": opt_info, "config": to_dict(config)})
+
     def checkpoint_now(step: int) -> None:
         nonlocal last_good
-        if rank == 0:
-            opt_tensors, opt_info = flatten_optimizer(optimizer)
-            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
-            tensors |= opt_tensors | {"rng.torch": torch.get_rng_state()}
-            save_checkpoint(run_dir, step, tensors,
-                            {"optimizer": opt_info, "config": to_dict(config)})
+        on_rank_zero(lambda: save(step))  # a failed write (full disk) stops every rank
         last_good = step
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
@@ -198,21 +251,21 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
             with torch.autocast(device.type, dtype=autocast or torch.float32,
                                 enabled=autocast is not None):
                 loss, terms = module(images, texts)
-            _check_finite(step, {"loss": loss, **terms}, last_good)
+            reduced = _global_terms(loss, terms)
+            _check_finite(step, reduced, last_good)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if world_size > 1:  # each rank's loss is its share: sum the gradients
                 sum_gradients(params)
             grad_norm = nn.utils.clip_grad_norm_(params, config.optim.grad_clip or float("inf"))
+            _check_finite(step, {"gradient norm": grad_norm}, last_good)
             optimizer.step()
             compute_time = time.perf_counter() - compute_start
             done = step + 1
             evaluate_now = evaluate is not None and (
                 done == stop or (config.eval_every and done % config.eval_every == 0))
             if done % config.log_every == 0 or done == stop or evaluate_now:
-                metrics = {"step": done, "lr": lr,
-                           **{k: float(all_reduce_sum(v)) for k, v in
-                              {"loss": loss.detach(), **terms}.items()},
+                metrics = {"step": done, "lr": lr, **{k: float(v) for k, v in reduced.items()},
                            "grad_norm": float(grad_norm),
                            "pairs_per_s": config.batch_size / max(1e-9, data_time + compute_time),
                            "data_s": round(data_time, 4), "compute_s": round(compute_time, 4)}
@@ -226,7 +279,6 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
             bar.update(1)
             wait_start = time.perf_counter()
     bar.close()
-    if rank == 0:
-        export_heads(module, run_dir, config, stores[0], stop)
+    on_rank_zero(lambda: export_heads(module, run_dir, config, stores[0], stop))
     return metrics
 

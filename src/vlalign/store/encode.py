@@ -4,6 +4,10 @@ Decoding and preprocessing run in DataLoader workers while the main process runs
 backbones, so data loading hides behind compute. Each shard is written atomically and marked
 complete by its meta file last; a rerun after a crash (even kill -9) skips complete shards and
 recomputes the rest with the same batch boundaries, so the result equals an uninterrupted run.
+
+Under torchrun the shards still to do are dealt round-robin to the ranks, which write them into
+the same folder (a filesystem all ranks share); rank 0 then writes the manifest, class prompts
+and bad-item list exactly as one process would, so the arrays equal a one-process encode's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ from vlalign.store.layout import (
     PROMPTS,
     shard_dir,
     shard_file,
+)
+from vlalign.utils.distributed import (
+    gather_objects,
+    init_from_env,
+    on_rank_zero,
+    raise_if_any_failed,
 )
 from vlalign.utils.files import (
     atomic_save_npy,
@@ -155,15 +165,13 @@ def _check_or_start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shard_complete(out: Path, shard: int) -> bool:
-    meta_path = shard_file(out, shard, "meta")
-    if not meta_path.exists():
-        return False
-    meta = read_json(meta_path)
-    for what, digest in meta["sha256"].items():
-        path = shard_file(out, shard, what)
-        if not path.exists() or sha256_file(path) != digest:
-            return False
-    return True
+    """True if the shard's meta file exists and every array matches its checksum."""
+    try:
+        digests = read_json(shard_file(out, shard, "meta"))["sha256"].items()
+        return all(sha256_file(shard_file(out, shard, what)) == digest
+                   for what, digest in digests)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # missing or damaged: encode the shard again
 
 
 class _ShardBuffer:
@@ -211,35 +219,65 @@ def encode_captions(text: TextEncoder, captions: list[list[str]], kinds: int,
     return vectors[rows.reshape(-1)].reshape(len(captions), kinds, text.dim)
 
 
+def _shard_items(shard: int, shard_size: int, total: int) -> int:
+    return min(total, (shard + 1) * shard_size) - shard * shard_size
+
+
+def _shards_to_do(out: Path, num_shards: int, rank: int, world_size: int) -> list[int]:
+    """Incomplete shards; each rank checksums every world_size-th shard, then all agree."""
+    mine = [k for k in range(rank, num_shards, world_size) if not _shard_complete(out, k)]
+    return sorted(k for part in gather_objects(mine) for k in part)
+
+
 def encode_store(source: Source, vision: VisionEncoder, text: TextEncoder, out: Path,
                  kinds: list[str], specs: tuple[str, str],
                  options: EncodeOptions | None = None) -> dict[str, Any]:
     """Encode ``source`` into ``out`` (resuming if it is a partial store of the same request).
 
     ``specs`` are the (vision, text) spec strings, recorded so a model can rebuild the backbones.
+    Under torchrun every rank calls this with the same arguments; all return the manifest.
     """
     options = options or EncodeOptions()
     out = Path(out)
+    rank, world_size = init_from_env()
     identity = store_identity(source, vision, text, kinds, options, specs)
-    manifest = _check_or_start(out, identity)
+    manifest = on_rank_zero(lambda: _check_or_start(out, identity))
     if manifest.get("status") == "complete":
         log.info("%s is already complete", out)
         return manifest
     total = len(source)
     num_shards = max(1, -(-total // options.shard_size))
-    todo = [k for k in range(num_shards) if not _shard_complete(out, k)]
-    done_items = total - sum(min(total, (k + 1) * options.shard_size) - k * options.shard_size
-                             for k in todo)
-    log.info("encoding %s: %d items, %d shards (%d to do)", source.name, total, num_shards,
-             len(todo))
+    todo = _shards_to_do(out, num_shards, rank, world_size)
+    mine = todo[rank::world_size]
+    log.info("encoding %s: %d items, %d shards (%d to do%s)", source.name, total, num_shards,
+             len(todo), f", {len(mine)} on rank {rank}" if world_size > 1 else "")
+    seen, error, start_time = 0, None, time.perf_counter()
+    try:
+        seen = _encode_shards(source, vision, text, out, kinds, options, mine,
+                              progress=options.progress and rank == 0)
+    except Exception as caught:  # every rank must hear of it, or the others wait forever
+        error = caught
+    raise_if_any_failed(error)
+    seen = sum(gather_objects(seen))
+    elapsed = time.perf_counter() - start_time
+    return on_rank_zero(lambda: _finish(out, manifest | _encode_class_prompts(out, source, text),
+                                        num_shards, options, seen, elapsed))
+
+
+def _encode_shards(source: Source, vision: VisionEncoder, text: TextEncoder, out: Path,
+                   kinds: list[str], options: EncodeOptions, shards: list[int],
+                   progress: bool) -> int:
+    """Encode and write ``shards`` (each complete or not at all); returns the items seen."""
+    total = len(source)
     loader = DataLoader(_Decoded(source, vision, kinds),
-                        batch_sampler=_ShardBatches(todo, options.shard_size, total,
+                        batch_sampler=_ShardBatches(shards, options.shard_size, total,
                                                     options.batch_size),
                         num_workers=options.num_workers, collate_fn=_collate,
                         prefetch_factor=4 if options.num_workers else None)
-    bar = tqdm(total=total, initial=done_items, unit="img", disable=not options.progress,
-               desc=f"encode {source.name}", dynamic_ncols=True)
-    seen, bad_count, start_time = 0, 0, time.perf_counter()
+    bar = tqdm(total=sum(_shard_items(k, options.shard_size, total) for k in shards),
+               unit="img", disable=not progress, desc=f"encode {source.name}",
+               dynamic_ncols=True)
+    seen, bad_count = 0, 0
     buffer: _ShardBuffer | None = None
     for batch in loader:
         shard = batch["last_index"] // options.shard_size
@@ -269,9 +307,7 @@ def encode_store(source: Source, vision: VisionEncoder, text: TextEncoder, out: 
             buffer.flush(out, text, options, kinds)
             buffer = None
     bar.close()
-    elapsed = time.perf_counter() - start_time
-    prompts = _encode_class_prompts(out, source, text)
-    return _finish(out, manifest | prompts, num_shards, options, seen, elapsed)
+    return seen
 
 
 def _encode_class_prompts(out: Path, source: Source, text: TextEncoder) -> dict[str, Any]:
@@ -290,6 +326,9 @@ def _finish(out: Path, manifest: dict[str, Any], num_shards: int, options: Encod
             seen_now: int, elapsed: float) -> dict[str, Any]:
     shards, bad_lines, rows_total, grid = [], [], 0, None
     for k in range(num_shards):
+        if not shard_file(out, k, "meta").exists():
+            raise StoreError(f"shard {k} of {out} is missing after encoding; under torchrun "
+                             "every rank must write to the same shared filesystem")
         meta = read_json(shard_file(out, k, "meta"))
         shards.append({"index": k, "rows": meta["rows"], "sha256": meta["sha256"]})
         rows_total += meta["rows"]

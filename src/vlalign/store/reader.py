@@ -1,20 +1,71 @@
 """Read a feature store by random access, with memory bounded by the rows asked for.
 
-Arrays are memory-mapped per shard; gathering a batch touches only its rows. Captions, keys and
-labels live in the small per-shard meta files and are loaded on first use.
+Rows are read with positional reads (``os.preadv``) straight into the batch, one read per run of
+consecutive rows, several shards at a time; nothing is memory-mapped, so the process's resident
+memory is the batches in flight, not the pages of the store it has touched (a store can be far
+larger than RAM). Each shard file's header is checked once against the manifest (shape, dtype,
+size), so a truncated or mismatched shard is a StoreError, never silently wrong rows. Captions,
+keys and labels live in the small per-shard meta files and are loaded on first use.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from vlalign.errors import StoreError
 from vlalign.store.layout import MANIFEST, PROMPTS, shard_file
 from vlalign.utils.files import read_json, sha256_file
+
+READ_THREADS = 8  # shards read at once by a gather from disk (keeps a cold disk busy)
+COLD_ROW_S = 40e-6  # seconds per row above which a gather counts as reading from disk
+
+
+@dataclass(frozen=True)
+class _ArrayFile:
+    """Where one shard array's rows live in its .npy file."""
+
+    path: Path
+    offset: int  # byte offset of row 0
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+
+def _read_header(path: Path, rows: int, row_shape: tuple[int, ...], dtype: str) -> _ArrayFile:
+    """Parse a shard's .npy header and check it against what the manifest promises."""
+    try:
+        with open(path, "rb") as handle:
+            version = npy_format.read_magic(handle)
+            read = (npy_format.read_array_header_1_0 if version == (1, 0)
+                    else npy_format.read_array_header_2_0)
+            shape, fortran, found = read(handle)
+            offset = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{path}: cannot read ({error}); re-encode the store") from None
+    expected = (rows, *row_shape)
+    wanted = np.dtype(dtype)
+    if fortran or found != wanted or shape[0] != rows or (
+            rows and row_shape and shape[1:] != row_shape):
+        raise StoreError(f"{path}: holds {found} {shape}, the manifest promises {wanted} "
+                         f"{expected}; the store is inconsistent — re-encode it")
+    array = _ArrayFile(path, offset, tuple(shape), found)
+    if size != offset + rows * array.row_bytes:
+        raise StoreError(f"{path}: {size} bytes, expected {offset + rows * array.row_bytes} "
+                         "(truncated or damaged); re-encode the store")
+    return array
 
 
 class FeatureStore:
@@ -32,7 +83,8 @@ class FeatureStore:
                              " rerun the same `vlalign encode` command to finish it")
         self.shard_rows = np.array([s["rows"] for s in self.manifest["shards"]], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)])
-        self._maps: dict[tuple[int, str], np.ndarray] = {}
+        self._arrays: dict[tuple[int, str], _ArrayFile] = {}
+        self._from_disk = False  # did the last gather wait on the disk? then use threads
         if verify:
             self.verify()
 
@@ -76,9 +128,10 @@ class FeatureStore:
             return None
         return np.load(self.path / PROMPTS, allow_pickle=False)
 
-    def verify(self) -> None:
-        """Check every shard file against the manifest's sha256; StoreError names the first bad."""
-        for shard in self.manifest["shards"]:
+    def verify(self, rank: int = 0, world_size: int = 1) -> None:
+        """Check shard files against the manifest's sha256 (every ``world_size``-th shard from
+        ``rank``, so ranks can share the work); StoreError names the first bad file."""
+        for shard in self.manifest["shards"][rank::world_size]:
             for what, digest in shard["sha256"].items():
                 path = shard_file(self.path, shard["index"], what)
                 if not path.exists() or sha256_file(path) != digest:
@@ -86,28 +139,76 @@ class FeatureStore:
                                      "corrupt — re-encode it")
 
     # --- rows --------------------------------------------------------------------------------
-    def _array(self, shard: int, what: str) -> np.ndarray:
+    def _row_shape(self, what: str) -> tuple[int, ...]:
+        if what == "images":
+            return (self.image_dim,)
+        if what == "texts":
+            return (len(self.caption_kinds), self.text_dim)
+        grid = self.grid
+        tokens = grid[0] * grid[1] if grid else None
+        return (tokens, int(self.manifest["vision"]["token_dim"])) if tokens else ()
+
+    def _array(self, shard: int, what: str) -> _ArrayFile:
         key = (shard, what)
-        if key not in self._maps:
-            path = shard_file(self.path, shard, what)
-            try:
-                self._maps[key] = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise StoreError(f"{path}: cannot read ({error}); re-encode the store") from None
-        return self._maps[key]
+        if key not in self._arrays:
+            self._arrays[key] = _read_header(shard_file(self.path, shard, what),
+                                             int(self.shard_rows[shard]), self._row_shape(what),
+                                             self.manifest["dtype"])
+        return self._arrays[key]
+
+    def _read_rows(self, array: _ArrayFile, local: np.ndarray, out: np.ndarray) -> None:
+        """Read sorted ``local`` rows of one shard into ``out``: one pread per consecutive run."""
+        breaks = np.flatnonzero(np.diff(local) != 1) + 1
+        starts = np.concatenate([[0], breaks]).tolist()
+        stops = np.concatenate([breaks, [len(local)]]).tolist()
+        flat = out.reshape(len(local), -1).view(np.uint8)
+        fd = os.open(array.path, os.O_RDONLY)
+        try:
+            for start, stop in zip(starts, stops):
+                target = flat[start:stop].reshape(-1)
+                position = array.offset + int(local[start]) * array.row_bytes
+                while target.size:  # a read may return less than asked (e.g. over 2 GiB)
+                    count = os.preadv(fd, [target], position)
+                    if count == 0:
+                        raise StoreError(f"{array.path}: ended early; the file changed while "
+                                         "in use")
+                    target, position = target[count:], position + count
+        finally:
+            os.close(fd)
 
     def _gather(self, rows: np.ndarray, what: str) -> np.ndarray:
+        """Rows in the order asked, read in ascending order. Reads from the page cache run in
+        this thread (threads would only contend for the GIL); once a gather is slow enough to
+        be waiting on the disk, the next ones spread their shards over READ_THREADS threads."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"row out of range [0, {len(self)})")
-        shards = np.searchsorted(self.offsets, rows, side="right") - 1
+        order = np.argsort(rows, kind="stable")
+        ascending = rows[order]
+        shards = np.searchsorted(self.offsets, ascending, side="right") - 1
         first = self._array(int(shards[0]) if rows.size else 0, what)
-        result = np.empty((rows.size, *first.shape[1:]), dtype=first.dtype)
-        for shard in np.unique(shards):
-            mask = shards == shard
-            local = rows[mask] - self.offsets[shard]
-            order = np.argsort(local, kind="stable")  # ascending reads are kind to the disk
-            result[np.flatnonzero(mask)[order]] = self._array(int(shard), what)[local[order]]
+        gathered = np.empty((rows.size, *first.shape[1:]), dtype=first.dtype)
+        cuts = np.flatnonzero(np.diff(shards)) + 1
+        spans = list(zip([0, *cuts.tolist()], [*cuts.tolist(), rows.size]))
+
+        def read(part: list[tuple[int, int]]) -> None:
+            for start, stop in part:
+                shard = int(shards[start])
+                self._read_rows(self._array(shard, what),
+                                ascending[start:stop] - self.offsets[shard],
+                                gathered[start:stop])
+
+        threads = min(READ_THREADS if self._from_disk else 1, len(spans))
+        started = time.perf_counter()
+        if threads > 1:  # reads release the GIL: several in flight hide the disk's latency
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(read, [spans[i::threads] for i in range(threads)]))
+        elif rows.size:
+            read(spans)
+        if rows.size:
+            self._from_disk = (time.perf_counter() - started) / rows.size > COLD_ROW_S
+        result = np.empty_like(gathered)
+        result[order] = gathered
         return result
 
     def images(self, rows: np.ndarray) -> np.ndarray:
@@ -138,6 +239,19 @@ class FeatureStore:
     @cached_property
     def keys(self) -> list[str]:
         return [x for m in self._meta for x in m["keys"]]
+
+    @cached_property
+    def source_indices(self) -> np.ndarray:
+        """The source item index of every row (shard s covers items s*shard_size onwards, less
+        the items skipped as bad)."""
+        size = int(self.manifest["shard_size"])
+        indices = []
+        for meta in self._meta:
+            bad = {b["index"] for b in meta["bad"]}
+            start = meta["shard"] * size
+            span = range(start, start + meta["rows"] + len(bad))
+            indices += [i for i in span if i not in bad]
+        return np.array(indices, dtype=np.int64)
 
     @cached_property
     def captions(self) -> list[list[str]]:

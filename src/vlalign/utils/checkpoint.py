@@ -4,6 +4,8 @@ A checkpoint is ``ckpt-{step:08d}.safetensors`` (tensors: weights, optimiser mom
 ``ckpt-{step:08d}.json`` (step, config, optimiser hyper-parameters, sha256 of the tensor file).
 ``latest.json`` names the newest complete one and is replaced last, so a kill at any moment
 leaves either the previous checkpoint or the new one, never a half-written file that resume uses.
+Tensor files are read with safetensors only: a file crafted to run code when unpickled is
+refused with a StoreError, never executed.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 from vlalign.errors import StoreError
-from vlalign.utils.files import atomic_write_json, read_json, sha256_file
+from vlalign.utils.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 LATEST = "latest.json"
 
@@ -49,21 +52,37 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor],
                     info: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically, point latest.json at it, prune older ones."""
+    """Write checkpoint ``step`` atomically, point latest.json at it, prune older ones.
+
+    The tensors are serialised in memory first (one transient copy) so that every byte goes
+    through ``atomic_write_bytes``: a full disk is a DiskFullError and leaves no partial file.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     stem = f"ckpt-{step:08d}"
     weights = run_dir / f"{stem}.safetensors"
-    tmp = run_dir / f"{stem}.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(weights)
+    atomic_write_bytes(weights, save_tensors(tensors))
     atomic_write_json(run_dir / f"{stem}.json",
                       {**info, "step": step, "tensors": weights.name,
                        "sha256": sha256_file(weights)})
     atomic_write_json(run_dir / LATEST, {"step": step, "checkpoint": f"{stem}.json"})
-    for old in sorted(run_dir.glob("ckpt-*.json"))[:-keep]:
-        old.unlink(missing_ok=True)
+    for old in sorted(run_dir.glob("ckpt-*.json"))[:-keep]:  # tensors first: no orphans
         old.with_suffix(".safetensors").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
     return weights
+
+
+def save_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors serialisation of CPU copies of ``tensors``."""
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; anything else (e.g. a pickle) is a StoreError, never unpickled."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise StoreError(f"{path}: not a readable safetensors file ({error}); refusing to load "
+                         "it") from None
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -71,9 +90,13 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     pointer = run_dir / LATEST
     if not pointer.exists():
         return None
-    info = read_json(run_dir / read_json(pointer)["checkpoint"])
-    weights = run_dir / info["tensors"]
+    try:
+        info = read_json(run_dir / read_json(pointer)["checkpoint"])
+        weights = run_dir / info["tensors"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{run_dir}: unreadable checkpoint record ({error}); delete {run_dir} "
+                         "to start over") from None
     if not weights.exists() or sha256_file(weights) != info["sha256"]:
         raise StoreError(f"{weights}: checkpoint missing or its checksum does not match "
                          f"{LATEST}; delete {run_dir} to start over")
-    return load_file(str(weights)), info
+    return load_tensors(weights), info

@@ -2,27 +2,56 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
+
+from vlalign.errors import DiskFullError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+def cache_dir(kind: str) -> Path:
+    """``$VLALIGN_CACHE/<kind>`` (default ``~/.cache/vlalign/<kind>``): exports and features
+    that are recomputed, never lost, if deleted."""
+    root = Path(os.environ.get("VLALIGN_CACHE", Path.home() / ".cache" / "vlalign"))
+    return root / kind
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling to write; on success fsync it and rename it over ``path``.
+
+    On any failure the temporary file is removed (a full disk gets its space back) and ``path``
+    keeps its previous content; running out of space becomes a one-line DiskFullError.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            raise DiskFullError(f"no space left on the device writing {path}; free some space "
+                                "and rerun the same command (with --resume for training)"
+                                ) from None
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
-    _fsync_replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -31,11 +60,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> str:
-    """Save an array as .npy atomically and return the file's sha256."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    _fsync_replace(tmp, path)
+    """Save an array as .npy atomically and return the file's sha256.
+
+    Always C order (the reader's layout). The bytes equal ``np.save``'s for a C-ordered array,
+    but go through Python's ``write``: numpy's own writer reports a full disk as a short write
+    without an errno, which could not be told apart from other errors.
+    """
+    array = np.ascontiguousarray(array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        npy_format.write_array_header_1_0(handle, npy_format.header_data_from_array_1_0(array))
+        handle.write(array.data)
     return sha256_file(path)
 
 
