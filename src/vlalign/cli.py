@@ -21,7 +21,9 @@ def _encode(args: argparse.Namespace) -> None:
     from vlalign.backbones import create_text_encoder, create_vision_encoder
     from vlalign.data import create_source
     from vlalign.store import EncodeOptions, FeatureStore, encode_store
+    from vlalign.utils.distributed import init_from_env
 
+    rank, _ = init_from_env()  # under torchrun: join first, so "cuda" is this rank's GPU
     source = create_source(args.data, data_root=args.data_root)
     vision = create_vision_encoder(args.vision, device=args.device)
     text = create_text_encoder(args.text, device=args.device)
@@ -30,6 +32,8 @@ def _encode(args: argparse.Namespace) -> None:
                             max_bad_fraction=args.max_bad_fraction, progress=not args.quiet)
     encode_store(source, vision, text, Path(args.out), kinds=args.captions.split(","),
                  specs=(args.vision, args.text), options=options)
+    if rank != 0:
+        return
     summary = FeatureStore(args.out).summary()
     print(f"store ready: {args.out} ({summary['rows']} rows, {summary['bad_items']} skipped, "
           f"{summary['size_mb']} MB)")
@@ -87,6 +91,65 @@ def _classify(args: argparse.Namespace) -> None:
     for path, row in zip(args.images, probs):
         ranked = sorted(zip(args.labels, row.tolist()), key=lambda x: -x[1])
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked[: args.top]))
+
+
+def _model_arg(value: str) -> tuple[str, str]:
+    """``NAME=PATH`` or ``PATH`` -> (name, path); the name defaults to the folder's name."""
+    name, equals, path = value.partition("=")
+    if equals and name and "/" not in name and ":" not in name:
+        return name, path
+    return Path(value.removeprefix("random-heads:")).name or value, value
+
+
+def _stores(paths: list[str]) -> list:
+    """Feature stores to reuse: each path is a store or a folder of stores."""
+    from vlalign.store import FeatureStore
+
+    stores = []
+    for path in map(Path, paths):
+        candidates = [path] if (path / "manifest.json").exists() else sorted(
+            p for p in path.glob("*") if (p / "manifest.json").exists())
+        if not candidates:
+            raise UserError(f"{path}: no feature store (manifest.json) there or in its folders")
+        stores += [FeatureStore(p) for p in candidates]
+    return stores
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from vlalign.eval.run import SUITES, Job, run_job, run_suite
+    from vlalign.eval.tasks import Context
+    from vlalign.model import load_model
+
+    ctx = Context(stores=_stores(args.store or []), batch_size=args.batch_size,
+                  progress=not args.quiet)
+    models = {}
+    for name, path in map(_model_arg, args.model):
+        if name in models:
+            raise UserError(f"two models are named {name!r}; name them with --model NAME=PATH")
+        models[name] = (load_model(path), path.removeprefix("random-heads:"))
+    if args.suite:
+        out = Path(args.out or "results")
+        run_suite(models, SUITES[args.suite], out, ctx, args.data_root)
+        print((out / "results.md").read_text(), end="")
+        print(f"results: {out / 'results.md'} (also .csv, .json; one folder per model)")
+        return
+    if not (args.task and args.dataset):
+        raise UserError("pass --task and --dataset, or --suite offline")
+    if len(models) != 1:
+        raise UserError("a single task evaluates one --model; use --suite for several")
+    (name, (model, pretrained)), = models.items()
+    job = Job(args.task, args.dataset, args.train_dataset)
+    out = Path(args.out or f"{job.slug}.json")
+    record = run_job(model, job, name, pretrained, out, ctx, args.data_root)
+    print(json.dumps(record["metrics"], indent=1))
+    print(f"result: {out}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from vlalign.report.build import build_report
+
+    path = build_report(Path(args.run), data_root=args.data_root)
+    print(f"report: {path} (and {path.with_suffix('.md')})")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -157,6 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt templates with {} for the label")
     p.add_argument("--top", type=int, default=5, help="labels to print per image")
     p.set_defaults(func=_classify)
+
+    p = sub.add_parser(
+        "eval", help="evaluate models (zero-shot, retrieval, k-NN, probes, pairs, segmentation)",
+        description="Evaluate a model on one task and dataset, or on a whole suite. Results are "
+        "CLIP_benchmark-shaped JSON files (dataset, model, pretrained, task, metrics, language); "
+        "a suite also writes results.{json,csv,md} with one column per model.",
+        epilog="tasks: zeroshot_classification, zeroshot_retrieval, knn, linear_probe, "
+        "winoground, mmvp, zeroshot_segmentation. datasets: any data spec (fashion-mnist:test, "
+        "emoji:test, folder:DIR, csv:FILE), standard layouts (imagenet:DIR, coco:DIR, "
+        "flickr30k:DIR, winoground:DIR, mmvp:DIR, voc:DIR, ade20k:DIR) and offline sets "
+        "(emoji-pairs:test, emoji-mmvp:test, emoji-canvas:test?by=name|subcategory).")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]MODEL",
+                   help="run directory, saved model, open_clip:ARCH/PRETRAINED, or "
+                   "random-heads:RUN (RUN's backbones with untrained heads); repeatable")
+    p.add_argument("--task", help="one task (see below)")
+    p.add_argument("--dataset", help="evaluation data spec")
+    p.add_argument("--train-dataset", help="training data for knn and linear_probe")
+    p.add_argument("--suite", choices=["offline"], help="run every task of a suite instead")
+    p.add_argument("--out", help="result file (one task) or folder (suite; default results)")
+    p.add_argument("--store", action="append", metavar="DIR",
+                   help="feature store(s), or a folder of them, whose frozen features to reuse")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    p.add_argument("--data-root", default="data", help="where set-up put the datasets")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("report", help="write RUN/report.html and report.md with plots",
+                       description="Collect what RUN holds (summary.json, training runs' "
+                       "metrics.jsonl, evaluation suites' results.json) into a self-contained "
+                       "HTML page and a Markdown twin: training curves, results tables, "
+                       "confusion matrices, retrieval grids and segmentation overlays.")
+    p.add_argument("run", help="run folder (e.g. runs/demo, a training run, an eval folder)")
+    p.add_argument("--data-root", default="data",
+                   help="where the evaluation data lives (for thumbnails)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="the whole offline pipeline, ending in a report")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlalign.backbones import create_text_encoder, create_vision_encoder
@@ -21,7 +20,8 @@ from vlalign.backbones.base import TextEncoder, VisionEncoder, VisionOutput, ima
 from vlalign.data.templates import format_prompt
 from vlalign.errors import UserError
 from vlalign.sail.heads import create_head
-from vlalign.utils.files import atomic_write_json, read_json
+from vlalign.utils.checkpoint import load_tensors, save_tensors
+from vlalign.utils.files import atomic_write_bytes, atomic_write_json, read_json
 
 CONFIG = "heads.json"
 WEIGHTS = "heads.safetensors"
@@ -34,11 +34,20 @@ class TextBatch(list):
         return self
 
 
-def _load_head(config: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str) -> nn.Module:
+def _build_head(config: dict[str, Any]) -> nn.Module:
     spec = dict(config)
-    head = create_head(spec.pop("kind"), spec.pop("in_dim"), spec.pop("out_dim"), **spec)
+    return create_head(spec.pop("kind"), spec.pop("in_dim"), spec.pop("out_dim"), **spec)
+
+
+def _load_head(config: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str) -> nn.Module:
+    head = _build_head(config)
     head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     return head.eval()
+
+
+def _device(module: nn.Module) -> torch.device:
+    """Where a head's parameters live (CPU for parameter-free heads)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 class AlignmentHeads(nn.Module):
@@ -57,9 +66,16 @@ class AlignmentHeads(nn.Module):
             raise UserError(f"{path} is not a vlalign model: expected {CONFIG} and {WEIGHTS} "
                             "(a finished `vlalign train` run or a `save_pretrained` folder)")
         config = read_json(path / CONFIG)
-        tensors = load_file(str(path / WEIGHTS))
+        tensors = load_tensors(path / WEIGHTS)
         return cls(_load_head(config["vision_head"], tensors, "vision_head."),
                    _load_head(config["text_head"], tensors, "text_head."), config)
+
+    @classmethod
+    def untrained(cls, config: dict[str, Any], seed: int = 0) -> AlignmentHeads:
+        """Freshly initialised heads of the same shape: the random-heads evaluation control."""
+        torch.manual_seed(seed)
+        return cls(_build_head(config["vision_head"]).eval(),
+                   _build_head(config["text_head"]).eval(), {**config, "untrained_seed": seed})
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write heads.safetensors + heads.json (backbones are named by spec, not copied)."""
@@ -67,21 +83,20 @@ class AlignmentHeads(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         tensors = {f"vision_head.{k}": v for k, v in self.vision_head.state_dict().items()}
         tensors |= {f"text_head.{k}": v for k, v in self.text_head.state_dict().items()}
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                  str(path / WEIGHTS))
+        atomic_write_bytes(path / WEIGHTS, save_tensors(tensors))
         atomic_write_json(path / CONFIG, self.config)
 
     @torch.inference_mode()
     def encode_image_features(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Vision head on backbone features (pooled B x D, or per token B x N x D)."""
-        device = next(self.vision_head.parameters()).device
+        device = _device(self.vision_head)
         out = self.vision_head(features.to(device).float()).float()
         return F.normalize(out, dim=-1) if normalize else out
 
     @torch.inference_mode()
     def encode_text_features(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Text head on backbone text features (B x D)."""
-        device = next(self.text_head.parameters()).device
+        device = _device(self.text_head)
         out = self.text_head(features.to(device).float()).float()
         return F.normalize(out, dim=-1) if normalize else out
 
@@ -106,6 +121,23 @@ class VLModel(nn.Module):
                             f"{config['vision']['identity']}")
         return cls(vision, text, heads).to(device)
 
+    @classmethod
+    def from_backbones(cls, vision_spec: str, text_spec: str, device: str = "cpu") -> VLModel:
+        """Two towers already in one joint space (e.g. an open_clip CLIP), with identity heads."""
+        vision = create_vision_encoder(vision_spec, device=device)
+        text = create_text_encoder(text_spec, device=device)
+        if vision.dim != text.dim:
+            raise UserError(f"{vision_spec} ({vision.dim}-d) and {text_spec} ({text.dim}-d) do not "
+                            "share an embedding space; train heads with `vlalign train sail`")
+        dim = vision.dim
+        config = {"vision_head": {"kind": "identity", "in_dim": dim, "out_dim": dim},
+                  "text_head": {"kind": "identity", "in_dim": dim, "out_dim": dim},
+                  "vision": {"spec": vision_spec, "identity": vision.identity, "dim": dim},
+                  "text": {"spec": text_spec, "identity": text.identity, "dim": dim}}
+        heads = AlignmentHeads(_build_head(config["vision_head"]),
+                               _build_head(config["text_head"]), config)
+        return cls(vision, text, heads)
+
     def save_pretrained(self, path: str | Path) -> None:
         """Write the heads and the JSON config naming the backbone specs."""
         self.heads.save_pretrained(path)
@@ -113,7 +145,7 @@ class VLModel(nn.Module):
     # --- CLIP-style interface ----------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.heads.parameters()).device
+        return _device(self.heads)
 
     def tokenizer(self, texts: str | list[str]) -> TextBatch:
         """Tokenizer-like callable: vlalign text backbones tokenise internally."""
@@ -173,7 +205,20 @@ def token_head_inputs(out: VisionOutput) -> torch.Tensor:
                     f"{out.pooled.shape[-1]}")
 
 
+JOINT_SPACE_SCHEMES = ("open_clip:",)
+UNTRAINED = "random-heads:"
+
+
 def load_model(path: str | Path, device: str = "cpu") -> VLModel:
-    """Load a trained vlalign model (a run directory or a saved model folder)."""
+    """Load a trained vlalign model (a run directory or a saved model folder); a CLIP by backbone
+    spec (``open_clip:...``: both towers of one model, no heads); or ``random-heads:RUN``, RUN's
+    backbones with freshly initialised heads (the control every trained number is compared to)."""
+    text = str(path)
+    if text.startswith(JOINT_SPACE_SCHEMES):
+        return VLModel.from_backbones(text, text, device=device)
+    if text.startswith(UNTRAINED):
+        trained = VLModel.from_pretrained(text[len(UNTRAINED):], device=device)
+        heads = AlignmentHeads.untrained(trained.heads.config)
+        return VLModel(trained.vision, trained.text, heads).to(device)
     return VLModel.from_pretrained(path, device=device)
 

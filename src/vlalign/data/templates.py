@@ -40,6 +40,14 @@ EMOJI_TEMPLATES = [
     "a small picture of {}.",
 ]
 
+# For emoji named by what they show (segmentation canvases), not by category.
+EMOJI_OBJECT_TEMPLATES = [
+    "an emoji of {}.",
+    "a {} emoji.",
+    "a small picture of {}.",
+    "an icon of {}.",
+]
+
 # The 80 prompts OpenAI used for CLIP's ImageNet zero-shot classifier, in their published order.
 IMAGENET_TEMPLATES = [
     "a bad photo of a {}.",
@@ -132,6 +140,7 @@ _BY_DATASET = {
     "fashion-mnist": FASHION_TEMPLATES,
     "digits": DIGIT_TEMPLATES,
     "emoji": EMOJI_TEMPLATES,
+    "emoji-canvas": EMOJI_OBJECT_TEMPLATES,
     "imagenet": IMAGENET_TEMPLATES,
 }
 

@@ -1,0 +1,1 @@
+"""Evaluation data: standard benchmark layouts and the offline sets built from bundled assets."""
