@@ -1,9 +1,13 @@
 """`make demo`: the whole offline pipeline on the bundled encoders, ending in a summary.
 
 1. encode Fashion-MNIST and emoji (train and test) with bundled:mobilenetv2 + bundled:minilm;
-2. train SAIL heads on Fashion-MNIST train + emoji train (raw and rewritten captions);
-3. train a second set on emoji alone, to measure true zero-shot transfer to Fashion-MNIST;
-4. evaluate both on the held-out splits and write summary.json + summary.md.
+2. train SAIL heads on Fashion-MNIST train + emoji train (raw and rewritten captions), evaluating
+   the held-out splits during training;
+3. train a second set on emoji alone, to measure true zero-shot transfer to Fashion-MNIST, and a
+   linear-head control on the same data as step 2;
+4. run the offline evaluation suite on the SAIL model and two controls (linear heads; the same
+   backbones with untrained heads) and write summary.json + summary.md;
+5. write report.html (and report.md) with the plots.
 Stores and runs are resumable, so an interrupted demo picks up where it stopped.
 """
 
@@ -18,8 +22,11 @@ from pathlib import Path
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.config import load_config
 from vlalign.data import create_source
-from vlalign.eval.stored import evaluate_store
-from vlalign.model import AlignmentHeads
+from vlalign.eval.run import offline_suite, run_suite
+from vlalign.eval.stored import evaluate_store, store_evaluator
+from vlalign.eval.tasks import Context
+from vlalign.model import AlignmentHeads, load_model
+from vlalign.report.build import build_report
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
@@ -40,10 +47,14 @@ class DemoSize:
     epochs: float = 20.0
     transfer_epochs: float = 30.0
     batch_size: int = 1024
+    eval_every: int = 100
+    pairs_per_tag: int = 100
+    canvases: int = 200
 
 
 QUICK = DemoSize("fashion-mnist:train[:512]", "fashion-mnist:test[:256]", "emoji:train[:512]",
-                 "emoji:test[:256]", epochs=2.0, transfer_epochs=2.0, batch_size=128)
+                 "emoji:test[:256]", epochs=2.0, transfer_epochs=2.0, batch_size=128,
+                 eval_every=4, pairs_per_tag=4, canvases=4)
 
 
 def _encode_all(size: DemoSize, root: Path) -> dict[str, Path]:
@@ -59,15 +70,31 @@ def _encode_all(size: DemoSize, root: Path) -> dict[str, Path]:
     return stores
 
 
-def _train(run: Path, train: list[Path], size: DemoSize, epochs: float) -> Path:
-    overrides = [f"epochs={epochs}", f"batch_size={size.batch_size}"]
+def _train(run: Path, train: list[Path], size: DemoSize, epochs: float,
+           val: tuple[Path, ...] = (), heads: str | None = None) -> Path:
+    overrides = [f"epochs={epochs}", f"batch_size={size.batch_size}",
+                 f"eval_every={size.eval_every}"]
+    if heads:
+        overrides += [f"vision_head.kind={heads}", f"text_head.kind={heads}"]
     config = load_config(SailConfig, CONFIG if CONFIG.exists() else None, overrides)
     config.train_stores = [str(p) for p in train]
+    config.val_stores = [str(p) for p in val]
     if (run / "heads.json").exists():
         log.info("%s already trained", run)
         return run
-    train_sail(config, run, resume=(run / "latest.json").exists())
+    evaluate = store_evaluator(config.val_stores) if val else None
+    train_sail(config, run, resume=(run / "latest.json").exists(), evaluate=evaluate)
     return run
+
+
+def _evaluate_suite(out: Path, runs: dict[str, Path | str], size: DemoSize,
+                    stores: dict[str, Path]) -> list[dict]:
+    """The offline suite on the SAIL model and its controls, reusing the demo's stores."""
+    jobs = offline_suite(size.fashion_train, size.fashion_test, size.emoji_train,
+                         size.emoji_test, size.pairs_per_tag, size.canvases)
+    models = {name: (load_model(path), str(path)) for name, path in runs.items()}
+    context = Context(stores=[FeatureStore(p) for p in stores.values()])
+    return run_suite(models, jobs, out, context)
 
 
 def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
@@ -78,9 +105,15 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
     start = time.perf_counter()
     stores = _encode_all(size, out / "stores")
     main_run = _train(out / "sail", [stores["fashion_train"], stores["emoji_train"]], size,
-                      size.epochs)
+                      size.epochs, val=(stores["fashion_test"], stores["emoji_test"]))
     transfer_run = _train(out / "sail_emoji_only", [stores["emoji_train"]], size,
                           size.transfer_epochs)
+    linear_run = _train(out / "controls" / "linear_heads",
+                        [stores["fashion_train"], stores["emoji_train"]], size, size.epochs,
+                        heads="linear")
+    _evaluate_suite(out / "eval", {"sail": main_run, "linear_heads": linear_run,
+                                             "random_heads": f"random-heads:{main_run}"},
+                              size, stores)
     summary: dict[str, float] = {}
     evaluations = (("sail", main_run, "fashion_test", "fashion_mnist"),
                    ("sail", main_run, "emoji_test", "emoji"),
@@ -93,8 +126,10 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
     summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(_markdown(summary, size))
+    report = build_report(out, title="vlalign demo")
     print(_markdown(summary, size))
-    print(f"results: {out / 'summary.json'} and {out / 'summary.md'}")
+    print(f"results: {out / 'summary.json'}, {out / 'eval' / 'results.md'}")
+    print(f"report: {report}")
     return summary
 
 
