@@ -24,18 +24,31 @@ def test_retrieval_oracle_is_perfect_and_reversed_is_zero():
 
 def test_retrieval_hand_computed_recall():
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071]])
-    texts = torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.1], [1.0, 0.05], [0.0, 1.0]])
     owner = torch.tensor([0, 2, 1])
     metrics = retrieval.evaluate(images, texts, owner, ks=(1, 2), block=2)
     # caption 0 -> image 0 first (hit@1); caption 1 -> image 0 first, image 2 second (hit@2);
     # caption 2 -> image 1 first (hit@1)
     assert metrics["image_retrieval_recall@1"] == pytest.approx(2 / 3)
     assert metrics["image_retrieval_recall@2"] == 1.0
-    # image 0 -> caption 1 (1.0) above its own caption 0 (0.995): miss@1, hit@2
+    # image 0 -> caption 1 (0.999) above its own caption 0 (0.995): miss@1, hit@2
     # image 1 -> its caption 2 first: hit@1
-    # image 2 -> caption 0 (0.77) above its own caption 1 (0.71): miss@1, hit@2
+    # image 2 -> caption 0 (0.77) above its own caption 1 (0.74): miss@1, hit@2
     assert metrics["text_retrieval_recall@1"] == pytest.approx(1 / 3)
     assert metrics["text_retrieval_recall@2"] == 1.0
+
+
+def test_retrieval_ties_count_against_the_query():
+    # a model that embeds every image alike must not look perfect: ties rank the positive last
+    owner = torch.tensor([0, 1, 1, 2])
+    constant = retrieval.evaluate(torch.ones(3, 4), torch.randn(4, 4), owner, ks=(1, 2, 3))
+    assert constant["image_retrieval_recall@1"] == 0.0
+    assert constant["image_retrieval_recall@2"] == 0.0  # 2 other images tie with each positive
+    assert constant["image_retrieval_recall@3"] == 1.0
+    # a tie among an image's own captions is no penalty
+    both = retrieval.evaluate(torch.eye(2), torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]),
+                              torch.tensor([0, 0, 1]), ks=(1,))
+    assert both["text_retrieval_recall@1"] == 1.0
 
 
 def test_retrieval_random_is_near_chance():

@@ -3,7 +3,8 @@
 ``image_retrieval_recall@k``: each caption queries the images; a hit if its image is in the top k.
 ``text_retrieval_recall@k``: each image queries the captions; a hit if any of its captions is in
 the top k. Scores are computed ``block`` queries at a time, so N x M never sits in memory at once.
-Ties count against the query (a positive must score strictly above the k-th other key).
+Ties count against the query (a positive must score strictly above the k-th other key),
+so a model that gives every key the same score gets recall 0, not 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 def _ranks(queries: torch.Tensor, keys: torch.Tensor, query_ids: torch.Tensor,
            key_ids: torch.Tensor, block: int) -> torch.Tensor:
-    """For each query, how many keys score strictly above its best positive key.
+    """For each query, how many other (non-positive) keys score at least as high as its best
+    positive key: a tie ranks the positive below the other key, so a constant model scores 0.
 
     A key is positive for a query when their ids match (text_to_image ids on one side, image
     rows on the other). Queries without any positive get rank = number of keys.
@@ -24,7 +26,7 @@ def _ranks(queries: torch.Tensor, keys: torch.Tensor, query_ids: torch.Tensor,
         scores = queries[start:start + block] @ keys.T  # b x M
         positive = query_ids[start:start + block, None] == key_ids[None, :]  # b x M
         best = scores.masked_fill(~positive, float("-inf")).amax(dim=1)  # b
-        ranks[start:start + block] = (scores > best[:, None]).sum(dim=1)
+        ranks[start:start + block] = ((scores >= best[:, None]) & ~positive).sum(dim=1)
         ranks[start:start + block][~positive.any(dim=1)] = keys.shape[0]
     return ranks
 
