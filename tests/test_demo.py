@@ -47,6 +47,9 @@ def test_quick_demo_runs_end_to_end(tmp_path):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["sail/fashion_mnist/acc1"] > 0.3  # chance is 0.1, even after a few steps
     assert "| sail/fashion_mnist/acc1 |" in (out / "summary.md").read_text()
+    # the probe grid: every vision x text pair and the two correlations
+    assert sum(key.endswith("/alignment") for key in summary) == 8
+    assert -1 <= summary["probe/pearson(alignment, knn)"] <= 1
 
     # the evaluation suite: every task for the model and both controls, CLIP_benchmark shape
     results = json.loads((out / "eval" / "results.json").read_text())
@@ -62,6 +65,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     parser.feed((out / "report.html").read_text())
     names = set(parser.images)
     assert "training_curves" in names and "eval_overview" in names
+    assert "probe_scatter_fashion-mnist" in names and "probe_heat_map" in names
     for prefix, suffix in (("zeroshot_classification__fashion-mnist", ""),
                            ("zeroshot_retrieval__emoji", "_t2i"),
                            ("zeroshot_retrieval__emoji", "_i2t"),

@@ -145,6 +145,42 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"result: {out}")
 
 
+def _spec_list(value: str) -> list[str]:
+    """``a,b,c`` -> [a, b, c] (empty items dropped)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from vlalign.config import load_config
+    from vlalign.probe.config import ProbeConfig, offline_suite
+    from vlalign.probe.run import run_probe
+    from vlalign.report.build import build_report
+
+    overrides = list(args.set or [])
+    for key, value in (("vision", args.vision), ("text", args.text)):
+        if value:
+            overrides.append(f"{key}={json.dumps(_spec_list(value))}")
+    for key, value in (("train_data", args.data), ("test_data", args.test_data)):
+        if value:
+            overrides.append(f"{key}={json.dumps(value)}")
+    if args.labelled:
+        pairs = [item.rsplit(",", 1) for item in args.labelled]
+        if any(len(pair) != 2 for pair in pairs):
+            raise UserError("--labelled takes TRAIN,TEST, e.g. "
+                            "fashion-mnist:train[:4000],fashion-mnist:test[:1000]")
+        overrides.append(f"labelled_train={json.dumps([p[0] for p in pairs])}")
+        overrides.append(f"labelled_test={json.dumps([p[1] for p in pairs])}")
+    base = offline_suite() if args.suite == "offline" else None
+    config = load_config(ProbeConfig, args.config, overrides, base=base)
+    out = Path(args.out)
+    result = run_probe(config, out, stores=_stores(args.store or []), data_root=args.data_root,
+                       progress=not args.quiet)
+    report = build_report(out, data_root=args.data_root, title="vlalign alignment probe")
+    for pair in sorted(result["pairs"], key=lambda p: -p["alignment"]):
+        print(f"{pair['alignment']:.4f}  {pair['vision']} + {pair['text']}")
+    print(f"results: {out / 'probe.json'}\nreport: {report} (and {report.with_suffix('.md')})")
+
+
 def _report(args: argparse.Namespace) -> None:
     from vlalign.report.build import build_report
 
@@ -245,6 +281,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data", help="where set-up put the datasets")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "probe", help="alignment probing: how well can these vision and text encoders align?",
+        description="For every vision x text encoder pair: encode what is not stored yet, train "
+        "one linear layer per side with the sigmoid loss on --data, and report held-out "
+        "retrieval (alignment = recall@10 averaged over both directions, SAIL's metric). Each "
+        "vision encoder also gets k-NN and linear-probe accuracy on labelled sets, each text "
+        "encoder a paraphrase score; the report correlates alignment with both. Resumable: "
+        "rerun the same command after an interruption.",
+        epilog="Recipe = defaults (or --suite) <- --config YAML <- flags <- --set overrides; "
+        "configs/probe-paper.yaml holds the paper's values. Example: vlalign probe --vision "
+        "bundled:mobilenetv2,bundled:mobilenetv2@stage3 --text bundled:minilm,bundled:bow")
+    p.add_argument("--vision", help="comma-separated vision specs")
+    p.add_argument("--text", help="comma-separated text specs")
+    p.add_argument("--data", help="image-caption pairs the linear heads train on "
+                   "(default emoji:train)")
+    p.add_argument("--test-data", help="held-out pairs for retrieval (default emoji:test)")
+    p.add_argument("--labelled", action="append", metavar="TRAIN,TEST",
+                   help="labelled sets for k-NN and linear probes (repeatable; default "
+                   "fashion-mnist:train[:4000],fashion-mnist:test[:1000])")
+    p.add_argument("--suite", choices=["offline"],
+                   help="the full offline grid: 15 vision x 3 text encoders")
+    p.add_argument("--config", help="YAML probe recipe, e.g. configs/probe-paper.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set sail.epochs=10 (repeatable)")
+    p.add_argument("--store", action="append", metavar="DIR",
+                   help="existing feature store(s), or a folder of them, to reuse")
+    p.add_argument("--out", default="runs/probe", help="output folder (default runs/probe)")
+    p.add_argument("--data-root", default="data", help="where set-up put the datasets")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_probe)
 
     p = sub.add_parser("report", help="write RUN/report.html and report.md with plots",
                        description="Collect what RUN holds (summary.json, training runs' "

@@ -107,9 +107,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(cls: type[T], path: str | Path | None = None,
-                overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls`` <- YAML file <- dotted overrides."""
-    data = to_dict(cls())
+                overrides: list[str] | None = None, base: T | None = None) -> T:
+    """Defaults of ``cls`` (or ``base``, an instance of it) <- YAML file <- dotted overrides."""
+    data = to_dict(base if base is not None else cls())
     if path is not None:
         path = Path(path)
         if not path.exists():

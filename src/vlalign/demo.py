@@ -7,7 +7,8 @@
    linear-head control on the same data as step 2;
 4. run the offline evaluation suite on the SAIL model and two controls (linear heads; the same
    backbones with untrained heads) and write summary.json + summary.md;
-5. write report.html (and report.md) with the plots.
+5. probe a small grid of encoders (4 vision x 2 text) for alignability, reusing step 1's stores;
+6. write report.html (and report.md) with the plots.
 Stores and runs are resumable, so an interrupted demo picks up where it stopped.
 """
 
@@ -26,6 +27,8 @@ from vlalign.eval.run import offline_suite, run_suite
 from vlalign.eval.stored import evaluate_store, store_evaluator
 from vlalign.eval.tasks import Context
 from vlalign.model import AlignmentHeads, load_model
+from vlalign.probe.config import ProbeConfig
+from vlalign.probe.run import run_probe
 from vlalign.report.build import build_report
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
@@ -33,6 +36,9 @@ from vlalign.store import EncodeOptions, FeatureStore, encode_store
 
 log = logging.getLogger(__name__)
 VISION, TEXT = "bundled:mobilenetv2", "bundled:minilm"
+PROBE_VISION = [VISION, f"{VISION}@stage3", f"{VISION}?weights=random",
+                "bundled:pixels?size=32&patch=4"]
+PROBE_TEXT = [TEXT, "bundled:bow"]
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sail-offline.yaml"
 
 
@@ -50,11 +56,16 @@ class DemoSize:
     eval_every: int = 100
     pairs_per_tag: int = 100
     canvases: int = 200
+    probe_labelled_train: str = "fashion-mnist:train[:2000]"
+    probe_labelled_test: str = "fashion-mnist:test[:1000]"
+    probe_epochs: float = 40.0
 
 
 QUICK = DemoSize("fashion-mnist:train[:512]", "fashion-mnist:test[:256]", "emoji:train[:512]",
                  "emoji:test[:256]", epochs=2.0, transfer_epochs=2.0, batch_size=128,
-                 eval_every=4, pairs_per_tag=4, canvases=4)
+                 eval_every=4, pairs_per_tag=4, canvases=4,
+                 probe_labelled_train="fashion-mnist:train[:256]",
+                 probe_labelled_test="fashion-mnist:test[:128]", probe_epochs=2.0)
 
 
 def _encode_all(size: DemoSize, root: Path) -> dict[str, Path]:
@@ -97,6 +108,22 @@ def _evaluate_suite(out: Path, runs: dict[str, Path | str], size: DemoSize,
     return run_suite(models, jobs, out, context)
 
 
+def _probe(out: Path, size: DemoSize, stores: dict[str, Path]) -> dict[str, float]:
+    """A small alignability grid on emoji; returns its correlations for the summary."""
+    config = ProbeConfig(vision=PROBE_VISION, text=PROBE_TEXT, train_data=size.emoji_train,
+                         test_data=size.emoji_test, labelled_train=[size.probe_labelled_train],
+                         labelled_test=[size.probe_labelled_test])
+    config.sail.epochs = size.probe_epochs
+    result = run_probe(config, out, stores=[FeatureStore(p) for p in stores.values()],
+                       progress=False)
+    summary = {f"probe/{p['vision']} + {p['text']}/alignment": p["alignment"]
+               for p in result["pairs"]}
+    correlation = result["correlations"]["mean over text encoders | fashion-mnist"]
+    for measure in ("knn", "linear_probe"):
+        summary[f"probe/pearson(alignment, {measure})"] = correlation[measure]["pearson"]
+    return summary
+
+
 def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
     """Run the pipeline into ``out``; returns the flat summary."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -112,8 +139,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
                         [stores["fashion_train"], stores["emoji_train"]], size, size.epochs,
                         heads="linear")
     _evaluate_suite(out / "eval", {"sail": main_run, "linear_heads": linear_run,
-                                             "random_heads": f"random-heads:{main_run}"},
-                              size, stores)
+                                   "random_heads": f"random-heads:{main_run}"}, size, stores)
     summary: dict[str, float] = {}
     evaluations = (("sail", main_run, "fashion_test", "fashion_mnist"),
                    ("sail", main_run, "emoji_test", "emoji"),
@@ -123,6 +149,8 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
         heads = AlignmentHeads.from_pretrained(run)
         for key, value in evaluate_store(FeatureStore(stores[store_name]), heads).items():
             summary[f"{model_name}/{label}/{key}"] = round(value, 4)
+    probe = _probe(out / "probe", size, stores)
+    summary |= {key: round(value, 4) for key, value in probe.items()}
     summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(_markdown(summary, size))

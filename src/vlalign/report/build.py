@@ -1,9 +1,10 @@
 """Assemble a run's report from what its folder holds.
 
 Looks (in RUN and the folders below it, two levels deep) for: ``summary.json`` (the demo's key
-numbers), training runs (``metrics.jsonl``), and evaluation suites (``results.json``). Each
-suite's first model gets the detailed plots: confusion matrices, retrieval grids and
-segmentation overlays, redrawn from its result details and the evaluation data.
+numbers), training runs (``metrics.jsonl``), evaluation suites (``results.json``) and alignment
+probes (``probe.json``). Each suite's first model gets the detailed plots: confusion matrices,
+retrieval grids and segmentation overlays, redrawn from its result details and the evaluation
+data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vlalign.data.benchmarks.registry import create_benchmark
 from vlalign.errors import UserError
 from vlalign.eval.run import beside, merge
 from vlalign.report import plots
+from vlalign.report.probe import probe_section
 from vlalign.report.render import Figure, Section, write_report
 
 THUMBNAIL = 96
@@ -95,10 +97,15 @@ def _model_figures(result_file: Path, record: dict[str, Any], data_root: Path) -
     return []
 
 
+def _where(path: Path, run: Path) -> Path:
+    """The folder of ``path`` relative to RUN (``.`` for RUN itself)."""
+    return path.parent.relative_to(run) if path.parent != run else Path(".")
+
+
 def _results_section(path: Path, run: Path, data_root: Path) -> Section:
     records = json.loads(path.read_text())
     header, rows = merge(records)
-    where = path.parent.relative_to(run) if path.parent != run else Path(".")
+    where = _where(path, run)
     section = Section(f"Evaluation: {where}",
                       ["One row per task, dataset and metric; one column per model. Controls "
                        "(random heads, linear heads) give each number a floor."],
@@ -128,12 +135,16 @@ def build_report(run: str | Path, data_root: str | Path = "data",
     if not run.is_dir():
         raise UserError(f"{run}: no such run folder")
     sections = [_summary_section(p) for p in _find(run, "summary.json")[:1]]
-    training = _find(run, "metrics.jsonl")
+    training = [p for p in _find(run, "metrics.jsonl")  # a probe's runs: in its own section
+                if not (p.parent.parent.parent / "probe.json").exists()]
     if training:
         sections.append(_training_section(run, training))
     sections += [_results_section(p, run, Path(data_root)) for p in _find(run, "results.json")]
+    sections += [probe_section(json.loads(p.read_text()), _where(p, run))
+                 for p in _find(run, "probe.json")]
     if not sections:
-        raise UserError(f"{run}: nothing to report (no summary.json, metrics.jsonl or "
-                        "results.json; run `vlalign train` or `vlalign eval --suite` first)")
+        raise UserError(f"{run}: nothing to report (no summary.json, metrics.jsonl, "
+                        "results.json or probe.json; run `vlalign train`, `vlalign eval --suite` "
+                        "or `vlalign probe` first)")
     return write_report(run, title or f"vlalign report: {run.name}", sections)
 

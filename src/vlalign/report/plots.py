@@ -153,6 +153,52 @@ def bar_chart(rows: list[tuple[str, dict[str, float]]], title: str) -> bytes:
     return to_png(figure)
 
 
+def short_spec(spec: str) -> str:
+    """``bundled:mobilenetv2@stage3`` -> ``mobilenetv2@stage3``; options abbreviated."""
+    name = spec.split(":", 1)[-1]
+    return name.replace("?weights=random", " (random)").replace("?", " ")
+
+
+def alignment_scatter(panels: list[tuple[str, np.ndarray, dict[str, float]]],
+                      alignment: np.ndarray, labels: list[str], title: str) -> bytes:
+    """One panel per (x name, x values, correlation stats): alignment against x, each point an
+    encoder, Pearson and Spearman with 95% intervals in the panel title."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6),
+                                layout="constrained", squeeze=False)
+    for axis, (name, x, corr) in zip(axes[0], panels):
+        axis.scatter(x, alignment, s=28, color="tab:blue", zorder=3)
+        for xi, yi, label in zip(x, alignment, labels):
+            axis.annotate(label, (xi, yi), fontsize=6.5, xytext=(3, 3),
+                          textcoords="offset points", color="dimgray")
+        if np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, alignment, 1)
+            line = np.linspace(x.min(), x.max(), 2)
+            axis.plot(line, slope * line + intercept, color="tab:red", linewidth=1, alpha=0.7)
+        axis.set_title(f"{name}\nPearson {corr['pearson']:.2f} [{corr['pearson_low']:.2f}, "
+                       f"{corr['pearson_high']:.2f}], Spearman {corr['spearman']:.2f} "
+                       f"[{corr['spearman_low']:.2f}, {corr['spearman_high']:.2f}]", fontsize=9)
+        axis.set(xlabel=name, ylabel="alignment (mean R@10)")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    return to_png(figure)
+
+
+def heat_map(values: np.ndarray, rows: list[str], columns: list[str], title: str) -> bytes:
+    """A rows x columns grid of values in [0, 1], each cell annotated."""
+    figure, axes = plt.subplots(figsize=(2.2 + 1.3 * len(columns), 1.2 + 0.34 * len(rows)),
+                                layout="constrained")
+    image = axes.imshow(values, cmap="viridis", vmin=0, vmax=max(float(np.nanmax(values)), 1e-6),
+                        aspect="auto")
+    axes.set_xticks(np.arange(len(columns)), columns, fontsize=8)
+    axes.set_yticks(np.arange(len(rows)), rows, fontsize=8)
+    for (i, j), value in np.ndenumerate(values):
+        axes.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7,
+                  color="white" if value < 0.6 * np.nanmax(values) else "black")
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, label="alignment (mean R@10)")
+    return to_png(figure)
+
+
 def _wrap(text: str, width: int) -> str:
     words, lines, line = text.split(), [], ""
     for word in words:

@@ -1,0 +1,190 @@
+"""Alignment probing on tiny encoders built to be perfectly alignable, partly alignable and
+unalignable; the statistics, store composition, report and CLI around it."""
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats as scipy_stats
+
+from vlalign.backbones import create_text_encoder, create_vision_encoder
+from vlalign.cli import main
+from vlalign.data import create_source
+from vlalign.errors import StoreError
+from vlalign.probe import stats
+from vlalign.store import EncodeOptions, FeatureStore, encode_store
+from vlalign.store.compose import compose_store
+
+# Each image is a 4 x 4 grid of black and white cells (8 px each); its caption names the white
+# cells ("c1 c3 ..."). Every image has 2 white corners, 4 white edge cells and 2 white centre
+# cells, so any symmetric average over the whole image is the same for all of them.
+RINGS = ([0, 3, 12, 15], [1, 2, 4, 7, 8, 11, 13, 14], [5, 6, 9, 10])
+PERFECT = "bundled:pixels?size=4&patch=4"  # one pixel per cell: sees every bit
+PARTIAL = "bundled:pixels?size=2&patch=2"  # one pixel per quadrant: sees how many are white
+BLIND = "bundled:pixels?size=1&patch=1"  # the symmetric average: the same for every image
+WORDS = "bundled:bow?dim=1024&bigrams=0"  # one hashed bucket per cell name
+TEST_ITEMS = 64
+
+
+def _write_cells(folder: Path, name: str, combos: list[tuple[int, ...]]) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, white in enumerate(combos):
+        grid = np.zeros((4, 4), np.uint8)
+        grid.flat[list(white)] = 255
+        pixels = np.kron(grid, np.ones((8, 8), np.uint8))
+        path = folder / f"{name}_{i}.png"
+        Image.fromarray(np.stack([pixels] * 3, axis=-1)).save(path)
+        rows.append({"image": str(path), "caption": " ".join(f"c{c}" for c in white)})
+    with (folder / f"{name}.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, ["image", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return f"csv:{folder / name}.csv"
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> tuple[str, str]:
+    """(train, test) specs of 384 and 64 cell images with disjoint patterns."""
+    combos = [tuple(sorted(a + b + c)) for a in itertools.combinations(RINGS[0], 2)
+              for b in itertools.combinations(RINGS[1], 4)
+              for c in itertools.combinations(RINGS[2], 2)]
+    pick = np.random.default_rng(0).choice(len(combos), 384 + TEST_ITEMS, replace=False)
+    folder = tmp_path_factory.mktemp("cells")
+    return (_write_cells(folder, "train", [combos[i] for i in pick[:384]]),
+            _write_cells(folder, "test", [combos[i] for i in pick[384:]]))
+
+
+@pytest.fixture(scope="module")
+def probe_run(cells, tmp_path_factory, one_thread) -> tuple[Path, dict]:
+    """The CLI's probe over 3 vision x 1 text encoders, digits as the labelled set."""
+    out = tmp_path_factory.mktemp("probe")
+    train, test = cells
+    code = main(["probe", "--vision", f"{PERFECT},{PARTIAL},{BLIND}", "--text", WORDS,
+                 "--data", train, "--test-data", test, "--labelled", "digits:train,digits:test",
+                 "--set", "sail.epochs=30", "--set", "sail.batch_size=128", "--out", str(out),
+                 "--quiet"])
+    assert code == 0
+    return out, json.loads((out / "probe.json").read_text())
+
+
+def _pair(result: dict, vision: str) -> dict:
+    (pair,) = [p for p in result["pairs"] if p["vision"] == vision]
+    return pair
+
+
+def test_alignable_pair_is_perfect_and_blind_pair_is_at_chance(probe_run):
+    _, result = probe_run
+    perfect, partial, blind = (_pair(result, v) for v in (PERFECT, PARTIAL, BLIND))
+    assert perfect["image_retrieval_recall@1"] == 1.0
+    assert perfect["text_retrieval_recall@1"] == 1.0
+    assert perfect["alignment"] == 1.0
+    chance_at_10 = 10 / TEST_ITEMS
+    assert blind["alignment"] <= chance_at_10 + 0.02
+    assert blind["image_retrieval_recall@1"] <= 2 / TEST_ITEMS
+    assert blind["alignment"] < partial["alignment"] < perfect["alignment"]
+
+
+def test_probe_measures_clustering_separability_and_text(probe_run):
+    _, result = probe_run
+    perfect, blind = result["vision"][PERFECT], result["vision"][BLIND]
+    for k in (10, 20, 100, 200):
+        assert 0 <= blind[f"digits/knn_acc@{k}"] <= perfect[f"digits/knn_acc@{k}"] <= 1
+    assert perfect["digits/lp_acc1"] > 0.7  # 4 x 4 digits still separate
+    assert blind["digits/lp_acc1"] < 0.25  # three equal numbers per image: chance is 0.1
+    # the CSV repeats the raw caption as the rewritten one: paraphrases are identical
+    assert result["text"][WORDS]["paraphrase_r@1"] == 1.0
+    correlation = result["correlations"]["mean over text encoders | digits"]
+    for measure in ("knn", "linear_probe"):
+        assert correlation[measure]["spearman"] == pytest.approx(1.0)  # same order, 3 points
+        assert correlation[measure]["pearson_low"] <= correlation[measure]["pearson"]
+        assert correlation[measure]["pearson"] <= correlation[measure]["pearson_high"]
+
+
+def test_probe_report_has_tables_scatter_and_heat_map(probe_run):
+    out, _ = probe_run
+    page = (out / "report.html").read_text()
+    for figure in ("probe_scatter_digits", "probe_heat_map"):
+        assert f"alt='{figure}'" in page
+        assert (out / "report_files" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
+    markdown = (out / "report.md").read_text()
+    assert "Pearson vs k-NN@20" in markdown and "paraphrase_r@1" in markdown
+    assert "## Training" not in markdown  # the probe's own runs are summarised by the probe
+
+
+def test_probe_rerun_reuses_stores_and_trained_probes(probe_run, cells, capsys):
+    out, result = probe_run
+    heads = sorted(out.glob("runs/*/heads.safetensors"))
+    assert len(heads) == 3
+    stamps = [p.stat().st_mtime_ns for p in heads]
+    train, test = cells
+    assert main(["probe", "--vision", PERFECT, "--text", WORDS, "--data", train, "--test-data",
+                 test, "--labelled", "digits:train,digits:test", "--set", "sail.epochs=30",
+                 "--set", "sail.batch_size=128", "--out", str(out), "--quiet"]) == 0
+    assert [p.stat().st_mtime_ns for p in heads] == stamps
+    again = json.loads((out / "probe.json").read_text())
+    assert _pair(again, PERFECT) == _pair(result, PERFECT)
+    assert "1.0000  bundled:pixels?size=4&patch=4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vision", PERFECT, "--text", WORDS, "--labelled", "digits:train"], "--labelled takes"),
+    (["--vision", PERFECT], "at least one vision and one text"),
+    (["--vision", "bundled:nope", "--text", WORDS], "unknown bundled vision model"),
+    (["--vision", PERFECT, "--text", WORDS, "--set", "sail.epochs=x"], "sail.epochs"),
+])
+def test_probe_user_errors_are_one_line(argv, message, tmp_path, capsys):
+    assert main(["probe", *argv, "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+
+
+def _store(data: str, vision: str, text: str, out: Path) -> FeatureStore:
+    encode_store(create_source(data), create_vision_encoder(vision), create_text_encoder(text),
+                 out, kinds=["raw", "rewritten"], specs=(vision, text),
+                 options=EncodeOptions(shard_size=32, num_workers=0, progress=False))
+    return FeatureStore(out, verify=True)
+
+
+def test_compose_takes_images_from_one_store_and_texts_from_the_other(tmp_path, one_thread):
+    images = _store("digits:train[:70]", PERFECT, "bundled:bow", tmp_path / "a")
+    texts = _store("digits:train[:70]", BLIND, WORDS, tmp_path / "b")
+    both = compose_store(images, texts, tmp_path / "ab")
+    rows = np.arange(70)
+    np.testing.assert_array_equal(both.images(rows), images.images(rows))
+    np.testing.assert_array_equal(both.texts(rows), texts.texts(rows))
+    assert both.backbones == (images.backbones[0], texts.backbones[1])
+    FeatureStore(tmp_path / "ab", verify=True)  # checksums of the linked shards hold
+    assert compose_store(images, texts, tmp_path / "ab").path == both.path  # idempotent
+    other = _store("digits:train[:40]", BLIND, WORDS, tmp_path / "c")
+    with pytest.raises(StoreError, match="different data"):
+        compose_store(images, other, tmp_path / "ac")
+
+
+def test_correlations_match_scipy_and_intervals_cover_them():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=12)
+    y = x + rng.normal(scale=0.5, size=12)
+    result = stats.correlation(x, y, seed=0)
+    assert result["pearson"] == pytest.approx(scipy_stats.pearsonr(x, y)[0])
+    assert result["spearman"] == pytest.approx(scipy_stats.spearmanr(x, y)[0])
+    assert result["pearson_low"] < result["pearson"] < result["pearson_high"] <= 1
+    ties = np.array([1.0, 2.0, 2.0, 3.0])
+    assert stats.spearman(ties, ties[::-1]) == pytest.approx(
+        scipy_stats.spearmanr(ties, ties[::-1])[0])
+    exact = stats.correlation(x, 2 * x + 1)
+    assert exact["pearson_low"] == pytest.approx(1.0) and exact["spearman"] == pytest.approx(1.0)
+    assert np.isnan(stats.pearson(x, np.ones(12)))
+
+
+def test_paired_difference_prefers_the_better_predictor():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=15)
+    close, noisy = x + rng.normal(scale=0.1, size=15), x + rng.normal(scale=2.0, size=15)
+    diff = stats.paired_difference(x, close, noisy, seed=0)
+    assert diff["difference"] == pytest.approx(stats.pearson(x, close) - stats.pearson(x, noisy))
+    assert 0 < diff["low"] <= diff["difference"] <= diff["high"]
