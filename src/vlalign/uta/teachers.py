@@ -1,0 +1,231 @@
+"""Frozen UTA teachers: images -> per-position tokens plus a pooled embedding, and strings ->
+text embeddings, all in one joint image-text space (DESIGN 1.3, 1.4).
+
+Adapters: an open_clip model (``open_clip:<arch>/<tag|file>``, ``open_clip:<folder>``; ViT towers
+and timm towers such as EVA-CLIP), a transformers CLIPModel (``hf:<folder-or-repo>``) and a
+vlalign SAIL model (``sail:<run dir or saved model>``). Every adapter takes pixels already
+preprocessed as its ``preprocess`` says (square resize to ``preprocess.size``, then mean/std) and
+returns ordinary float32 tensors without gradient, usable directly as loss targets. Embeddings are
+not L2-normalised (the cosine losses do not need it).
+
+A teacher's token grid is fixed by its patch size and input size and need not match the student's:
+``TeacherOutput.to_grid`` resamples the token map bilinearly (see ``resample_tokens``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from vlalign.backbones.base import Preprocess
+from vlalign.backbones.hf import CLIP_MEAN, CLIP_STD
+from vlalign.backbones.spec import Spec, parse_spec
+from vlalign.errors import UserError
+
+TEACHER_SCHEMES = ("open_clip", "hf", "sail")
+
+
+def resample_tokens(tokens: torch.Tensor, grid: tuple[int, int],
+                    target: tuple[int, int]) -> torch.Tensor:
+    """Token map B x (h*w) x D on ``grid`` -> B x (h'*w') x D on ``target`` (row-major).
+
+    Each token is the value of a vector field at its patch centre; the field is resampled
+    bilinearly with ``align_corners=False`` (patch centres of both grids spread over the same
+    image; positions beyond the outer centres take the border value), channel by channel. So a
+    constant field stays constant, a 2x shrink is exactly the mean of each 2 x 2 block, and the
+    same grid returns ``tokens`` unchanged. Resampled tokens are not renormalised.
+    """
+    if tuple(grid) == tuple(target):
+        return tokens
+    b, n, d = tokens.shape
+    if n != grid[0] * grid[1]:
+        raise ValueError(f"{n} tokens do not fill a {grid[0]} x {grid[1]} grid")
+    field = tokens.transpose(1, 2).reshape(b, d, *grid).float()
+    field = F.interpolate(field, size=tuple(target), mode="bilinear", align_corners=False)
+    return field.flatten(2).transpose(1, 2).to(tokens.dtype)
+
+
+class TeacherOutput(NamedTuple):
+    """tokens B x N x D on ``grid`` (rows, cols), N = rows * cols; pooled B x D."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    grid: tuple[int, int]
+
+    def to_grid(self, grid: tuple[int, int]) -> TeacherOutput:
+        """The same targets with the token map resampled to ``grid`` (the student's)."""
+        return TeacherOutput(resample_tokens(self.tokens, self.grid, grid), self.pooled,
+                             tuple(grid))
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A frozen CLIP-like model seen through what UTA needs from it."""
+
+    identity: str  # stable string naming the model and weights (e.g. for cached targets)
+    dim: int  # joint-space dimension = the student's out_dim
+    preprocess: Preprocess  # how pixels must be prepared (size, mean, std)
+
+    def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput: ...
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor: ...
+
+
+def _grid(pixels: torch.Tensor, patch: tuple[int, int], n: int) -> tuple[int, int]:
+    grid = (pixels.shape[-2] // patch[0], pixels.shape[-1] // patch[1])
+    if grid[0] * grid[1] != n:
+        raise UserError(f"teacher returned {n} tokens for a {grid[0]} x {grid[1]} patch grid")
+    return grid
+
+
+class OpenCLIPTeacher:
+    """An open_clip model. Tokens: the last block's patch tokens through the tower's final norm
+    and output projection, one by one (``forward_intermediates`` of the visual tower); pooled:
+    ``encode_image``. ViT towers use ``ln_post`` and ``proj``; timm towers (EVA-CLIP) the trunk's
+    ``norm``, ``fc_norm`` and ``head`` and the adapter's projection. Attention-pooled towers
+    (CoCa, SigLIP ``map``) and CNNs have no per-position joint-space tokens and are refused."""
+
+    def __init__(self, spec: Spec | str, device: str = "cpu") -> None:
+        from open_clip import get_model_preprocess_cfg
+
+        from vlalign.backbones.open_clip_adapter import load_open_clip
+
+        spec = spec if isinstance(spec, Spec) else parse_spec(spec, ("open_clip",))
+        self.model, self.tokenizer, self.identity = load_open_clip(spec, device)
+        self.device = torch.device(device)
+        self.patch = self._check_tower(spec)
+        cfg = get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", 224)
+        self.preprocess = Preprocess(
+            size=int(size if isinstance(size, int) else size[0]),
+            mean=tuple(cfg.get("mean", CLIP_MEAN)), std=tuple(cfg.get("std", CLIP_STD)),
+            interpolation="bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic")
+        self.batch_size = 256  # strings per encode_text forward
+        side = self.preprocess.size
+        self.dim = self.encode_image_tokens(torch.zeros(1, 3, side, side)).pooled.shape[1]
+
+    def _check_tower(self, spec: Spec) -> tuple[int, int]:
+        """The tower's patch size; a UserError for towers without joint-space tokens."""
+        from open_clip.timm_model import TimmModel
+        from open_clip.transformer import VisionTransformer
+
+        visual = self.model.visual
+        if isinstance(visual, VisionTransformer):
+            if visual.attn_pool is None and visual.pool_type in ("tok", "avg"):
+                return tuple(visual.patch_size)
+        elif isinstance(visual, TimmModel):
+            trunk = visual.trunk
+            if (getattr(trunk, "attn_pool", None) is None and "pool" not in visual.head._modules
+                    and all(hasattr(trunk, a) for a in ("fc_norm", "patch_embed", "head"))):
+                return tuple(trunk.patch_embed.patch_size)
+        raise UserError(f"{spec.text!r}: only ViT towers without attention pooling give "
+                        "per-position tokens in the joint space; this one cannot be a UTA teacher")
+
+    @torch.no_grad()
+    def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
+        """Projected patch tokens on the patch grid and the pooled image embedding."""
+        from open_clip.transformer import VisionTransformer
+
+        visual = self.model.visual
+        x = pixels.to(self.device, torch.float32)
+        out = visual.forward_intermediates(x, indices=1, normalize_intermediates=True,
+                                           output_fmt="NLC")
+        tokens = out["image_intermediates"][-1]
+        if isinstance(visual, VisionTransformer):
+            if visual.proj is not None:
+                tokens = tokens @ visual.proj
+        else:
+            tokens = visual.head(visual.trunk.head(visual.trunk.fc_norm(tokens)))
+        return TeacherOutput(tokens.float(), out["image_features"].float(),
+                             _grid(x, self.patch, tokens.shape[1]))
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """B x dim text embeddings (``encode_text`` of the tokenised strings)."""
+        chunks = [self.model.encode_text(self.tokenizer(list(texts[i:i + self.batch_size]))
+                                         .to(self.device)).float()
+                  for i in range(0, len(texts), self.batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.dim, device=self.device)
+
+
+class HFCLIPTeacher:
+    """A transformers CLIPModel folder (or cached Hub repo). Tokens: vision ``last_hidden_state``
+    patches -> ``post_layernorm`` -> ``visual_projection``, per token; pooled: image_embeds
+    (= ``get_image_features``); text: text_embeds (= ``get_text_features``). Built on the
+    ``hf:`` backbone adapters (``pool=proj`` for the image tower)."""
+
+    def __init__(self, name: str, device: str = "cpu") -> None:
+        from vlalign.backbones import create_text_encoder, create_vision_encoder
+
+        self.vision = create_vision_encoder(f"hf:{name}?pool=proj", device=device)
+        self.text = create_text_encoder(f"hf:{name}?pool=proj", device=device)
+        self.identity = self.vision.identity
+        self.preprocess = self.vision.preprocess
+        self.dim = self.vision.dim
+
+    def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
+        """Projected patch tokens on the patch grid and the projected pooled embedding."""
+        out = self.vision.encode(pixels, tokens=True)
+        return TeacherOutput(out.tokens, out.pooled, out.grid)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """B x dim text embeddings."""
+        return self.text.encode(list(texts))
+
+
+def _heads_digest(model: Any) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.heads.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+class SAILTeacher:
+    """A vlalign SAIL model (``VLModel``): its vision head applied to every token of the frozen
+    backbone's token map (``[CLS ; patch]`` for ViTs, the token for CNNs; see
+    ``vlalign.model.token_head_inputs``) and to the pooled vector; text through the text head."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.preprocess = model.vision.preprocess
+        self.identity = f"sail:{model.vision.identity}|{model.text.identity}#{_heads_digest(model)}"
+        side = self.preprocess.size
+        self.dim = self.encode_image_tokens(torch.zeros(1, 3, side, side)).pooled.shape[1]
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> SAILTeacher:
+        """Load a SAIL run directory or saved model folder with ``vlalign.model.load_model``."""
+        from vlalign.model import load_model
+
+        return cls(load_model(path, device=device))
+
+    def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
+        """Per-token joint-space embeddings on the backbone's grid, and the pooled embedding."""
+        from vlalign.model import token_head_inputs
+
+        heads = self.model.heads
+        out = self.model.vision.encode(pixels.to(self.model.device), tokens=True)
+        tokens = heads.encode_image_features(token_head_inputs(out), normalize=False)
+        pooled = heads.encode_image_features(out.pooled, normalize=False)
+        return TeacherOutput(tokens.clone(), pooled.clone(), out.grid)  # clone: not inference
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """B x dim text embeddings (text backbone, then the text head)."""
+        return self.model.encode_text(list(texts), normalize=False).clone()
+
+
+def create_teacher(spec: str, device: str = "cpu") -> Teacher:
+    """Build the teacher a spec names: ``open_clip:...``, ``hf:<CLIP folder or repo>`` or
+    ``sail:<run dir or saved model>``."""
+    parsed = parse_spec(spec, TEACHER_SCHEMES)
+    if parsed.scheme == "open_clip":
+        return OpenCLIPTeacher(parsed, device)
+    if parsed.options:
+        raise UserError(f"spec {spec!r}: {parsed.scheme} teachers take no options")
+    if parsed.scheme == "hf":
+        return HFCLIPTeacher(parsed.name, device)
+    return SAILTeacher.load(parsed.name, device)
