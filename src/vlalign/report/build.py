@@ -140,7 +140,7 @@ def build_report(run: str | Path, data_root: str | Path = "data",
     if training:
         sections.append(_training_section(run, training))
     sections += [_results_section(p, run, Path(data_root)) for p in _find(run, "results.json")]
-    sections += [probe_section(json.loads(p.read_text()), _where(p, run))
+    sections += [probe_section(json.loads(p.read_text()), str(_where(p, run)))
                  for p in _find(run, "probe.json")]
     if not sections:
         raise UserError(f"{run}: nothing to report (no summary.json, metrics.jsonl, "

@@ -162,13 +162,13 @@ def short_spec(spec: str) -> str:
 def alignment_scatter(panels: list[tuple[str, np.ndarray, dict[str, float]]],
                       alignment: np.ndarray, labels: list[str], title: str) -> bytes:
     """One panel per (x name, x values, correlation stats): alignment against x, each point an
-    encoder, Pearson and Spearman with 95% intervals in the panel title."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6),
+    encoder (numbered; the key names them), Pearson and Spearman with 95% intervals on top."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 2.5, 4.6),
                                 layout="constrained", squeeze=False)
     for axis, (name, x, corr) in zip(axes[0], panels):
         axis.scatter(x, alignment, s=28, color="tab:blue", zorder=3)
-        for xi, yi, label in zip(x, alignment, labels):
-            axis.annotate(label, (xi, yi), fontsize=6.5, xytext=(3, 3),
+        for number, (xi, yi) in enumerate(zip(x, alignment), start=1):
+            axis.annotate(str(number), (xi, yi), fontsize=7, xytext=(3, 3),
                           textcoords="offset points", color="dimgray")
         if np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, alignment, 1)
@@ -179,6 +179,10 @@ def alignment_scatter(panels: list[tuple[str, np.ndarray, dict[str, float]]],
                        f"[{corr['spearman_low']:.2f}, {corr['spearman_high']:.2f}]", fontsize=9)
         axis.set(xlabel=name, ylabel="alignment (mean R@10)")
         axis.grid(alpha=0.3)
+    key = [plt.Line2D([], [], linestyle="none") for _ in labels]
+    axes[0, -1].legend(key, [f"{n}  {label}" for n, label in enumerate(labels, start=1)],
+                       loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7,
+                       handlelength=0, handletextpad=0, frameon=False)
     figure.suptitle(title, fontsize=10)
     return to_png(figure)
 

@@ -37,7 +37,7 @@ def vision_table(result: dict[str, Any]) -> Table:
     """One row per vision encoder: mean alignment over text encoders, k-NN and probe accuracy."""
     keys = sorted({k for m in result["vision"].values() for k in m
                    if k.endswith(("knn_acc@10", "knn_acc@20", "knn_acc@100", "knn_acc@200",
-                                  "lp_acc1"))})
+                                  "lp_acc1"))}, key=_natural)
     rows = [[spec, _mean_alignment(result, spec), *(metrics.get(k) for k in keys)]
             for spec, metrics in result["vision"].items()]
     return ["vision", "mean alignment", *keys], sorted(rows, key=lambda r: -r[1])
@@ -70,6 +70,12 @@ def correlation_table(result: dict[str, Any]) -> Table:
     return header, rows
 
 
+def _natural(key: str) -> tuple[str, int]:
+    """``fashion-mnist/knn_acc@100`` sorts after ``.../knn_acc@20``; ``lp_acc1`` after k-NN."""
+    stem, _, k = key.partition("@")
+    return stem, int(k) if k.isdigit() else 0
+
+
 def _mean_alignment(result: dict[str, Any], vision: str) -> float:
     return float(np.mean([p["alignment"] for p in result["pairs"] if p["vision"] == vision]))
 
@@ -93,7 +99,8 @@ def _scatter(result: dict[str, Any], data: str) -> Figure:
 
 def probe_section(result: dict[str, Any], where: str) -> Section:
     """Everything a probe.json holds, as tables and plots."""
-    section = Section(f"Alignment probe: {where}", [EXPLANATION],
+    title = "Alignment probe" if where == "." else f"Alignment probe: {where}"
+    section = Section(title, [EXPLANATION],
                       [pair_table(result), vision_table(result), text_table(result)])
     if result["correlations"]:
         section.tables.append(correlation_table(result))
