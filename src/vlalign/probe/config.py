@@ -16,7 +16,7 @@ def linear_probe_recipe() -> SailConfig:
     return SailConfig(vision_head=HeadConfig(kind="linear"), text_head=HeadConfig(kind="linear"),
                       embed_dim=512, loss="sigmoid", positives=["raw"], loss_block_size=1024,
                       optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-7),
-                      batch_size=256, epochs=40, precision="bf16", log_every=50,
+                      batch_size=256, epochs=40, precision="auto", log_every=50,
                       checkpoint_every=1000, verify_stores=False)
 
 

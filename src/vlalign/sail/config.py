@@ -38,7 +38,7 @@ class SailConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 32768
     epochs: float = 100.0
-    precision: str = "bf16"  # bf16 | fp16 | fp32 (autocast dtype; fp32 disables autocast)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (autocast dtype; see utils/precision)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # steps; 0 = only at the end

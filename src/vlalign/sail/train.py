@@ -44,12 +44,10 @@ from vlalign.utils.checkpoint import (
 )
 from vlalign.utils.distributed import init_from_env, on_rank_zero, raise_if_any_failed
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json
+from vlalign.utils.precision import autocast_dtype, resolve_precision
 
 log = logging.getLogger(__name__)
 Evaluator = Callable[["SailModule", int], dict[str, float]]
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf; the message names the step and the term."""
@@ -231,7 +229,9 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
         last_good = step
 
     stop = total_steps if max_steps is None else min(total_steps, max_steps)
-    autocast = _AUTOCAST.get(config.precision)
+    autocast = autocast_dtype(config.precision, device)
+    log.info("precision %s -> %s on %s", config.precision,
+             resolve_precision(config.precision, device), device)
     bar = tqdm(total=stop, initial=start, disable=not progress or rank != 0, unit="step",
                desc="train sail", dynamic_ncols=True)
     metrics: dict[str, Any] = {}
