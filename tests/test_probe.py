@@ -121,11 +121,15 @@ def test_probe_rerun_reuses_stores_and_trained_probes(probe_run, cells, capsys):
     heads = sorted(out.glob("runs/*/heads.safetensors"))
     assert len(heads) == 3
     stamps = [p.stat().st_mtime_ns for p in heads]
+    # as if the first run had been killed while finishing a store: the rerun completes it
+    (manifest,) = out.glob("stores/images/*size_4_patch_4__*test.csv/manifest.json")
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"status": "encoding"}))
     train, test = cells
     assert main(["probe", "--vision", PERFECT, "--text", WORDS, "--data", train, "--test-data",
                  test, "--labelled", "digits:train,digits:test", "--set", "sail.epochs=30",
                  "--set", "sail.batch_size=128", "--out", str(out), "--quiet"]) == 0
     assert [p.stat().st_mtime_ns for p in heads] == stamps
+    assert json.loads(manifest.read_text())["status"] == "complete"
     again = json.loads((out / "probe.json").read_text())
     assert _pair(again, PERFECT) == _pair(result, PERFECT)
     assert "1.0000  bundled:pixels?size=4&patch=4" in capsys.readouterr().out

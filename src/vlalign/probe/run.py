@@ -36,7 +36,7 @@ from vlalign.probe.config import ProbeConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
 from vlalign.store.compose import compose_store
-from vlalign.utils.files import atomic_write_json
+from vlalign.utils.files import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 KNN_K = 20  # the k-NN accuracy the correlations use (all four are reported)
@@ -55,8 +55,8 @@ class StoreFinder:
         self.root, self.data_root, self.progress = root, data_root, progress
         self.known = list(extra)
         for manifest in sorted(root.glob("*/*/manifest.json")):
-            store = FeatureStore(manifest.parent)
-            self.known.append(store)
+            if read_json(manifest).get("status") == "complete":  # partial: resumed by get()
+                self.known.append(FeatureStore(manifest.parent))
 
     def _find(self, fingerprint: str, side: int, identity: str) -> FeatureStore | None:
         for store in self.known:
