@@ -75,6 +75,34 @@ def _train_sail(args: argparse.Namespace) -> None:
     print(f"heads written to {args.out}")
 
 
+def _train_uta(args: argparse.Namespace) -> None:
+    from vlalign.config import load_config
+    from vlalign.uta.config import UtaConfig
+    from vlalign.uta.train import train_uta
+
+    config = load_config(UtaConfig, args.config, list(args.set or []))
+    metrics = train_uta(config, Path(args.out), resume=args.resume, progress=not args.quiet,
+                        max_steps=args.max_steps)
+    print(json.dumps(metrics))
+    print(f"student written to {args.out}")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from vlalign.uta.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(mode=args.mode, from_scratch=args.from_scratch, epochs=args.epochs,
+                            time_budget_s=args.time_budget_s, batch_size=args.batch_size,
+                            lr=args.lr, augment=not args.no_augment, precision=args.precision,
+                            seed=args.seed, num_workers=args.workers, device=args.device,
+                            data_root=args.data_root)
+    out = Path(args.out) if args.out else None
+    record = finetune(args.model, args.data, args.test_data, config, out,
+                      progress=not args.quiet)
+    print(json.dumps(record["metrics"]))
+    if out is not None:
+        print(f"result: {out / 'finetune.json'}")
+
+
 def _classify(args: argparse.Namespace) -> None:
     from PIL import Image
 
@@ -232,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("train", help="train alignment heads on stored features")
+    p = sub.add_parser("train", help="train SAIL heads on stored features, or a UTA student")
     train_sub = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     t = train_sub.add_parser("sail", help="SAIL: gated heads + sigmoid loss on a feature store",
                              description="Train SAIL heads. Recipe = defaults <- --config YAML "
@@ -247,6 +275,48 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, help="stop after this many steps (schedule unchanged)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train_sail)
+    t = train_sub.add_parser(
+        "uta", help="UTA: distil a frozen CLIP-like teacher into a ViT from unmasked tokens",
+        description="Train a UTA student (or the mim / distill baselines: --set "
+        "objective=mim). Recipe = defaults <- --config YAML <- --set key=value overrides; "
+        "saved as RUN/config.json. The finished run is a model: vlalign eval --model RUN.")
+    t.add_argument("--config", help="YAML recipe, e.g. configs/uta-offline.yaml")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set mask.ratio=0.75 (repeatable)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps (schedule unchanged)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train_uta)
+
+    p = sub.add_parser(
+        "finetune", help="train a classifier on a UTA student (linear probe or full)",
+        description="Linear probe on the student's frozen features, or full fine-tuning of the "
+        "student with a linear classifier; prints the test metrics as JSON. --from-scratch "
+        "trains the same architecture from random initialisation (the baseline).")
+    p.add_argument("--model", required=True, help="UTA run directory or saved UTA model")
+    p.add_argument("--data", required=True, help="labelled training data, e.g. "
+                   "fashion-mnist:train[:10000]")
+    p.add_argument("--test-data", required=True, help="labelled test data, e.g. "
+                   "fashion-mnist:test")
+    p.add_argument("--mode", choices=["linear", "full"], default="linear")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="random initialisation of the same architecture")
+    p.add_argument("--epochs", type=float, default=10.0, help="full mode (default 10)")
+    p.add_argument("--time-budget-s", type=float, default=0.0,
+                   help="full mode: stop after this many seconds of training (schedule in time)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4, help="full mode (default 5e-4)")
+    p.add_argument("--no-augment", action="store_true", help="full mode: no crop/flip")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="autocast dtype (auto: bf16 where it is fast here, else fp32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default="data", help="where set-up put the datasets")
+    p.add_argument("--out", help="folder for finetune.json (and the classifier, full mode)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("classify", help="zero-shot classify images with a trained model")
     p.add_argument("--model", required=True, help="run directory or saved model")

@@ -8,7 +8,7 @@ loading never unpickles anything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from vlalign.errors import UserError
 from vlalign.sail.heads import create_head
 from vlalign.utils.checkpoint import load_tensors, save_tensors
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from vlalign.uta.model import UTAModel
 
 CONFIG = "heads.json"
 WEIGHTS = "heads.safetensors"
@@ -209,10 +212,13 @@ JOINT_SPACE_SCHEMES = ("open_clip:",)
 UNTRAINED = "random-heads:"
 
 
-def load_model(path: str | Path, device: str = "cpu") -> VLModel:
-    """Load a trained vlalign model (a run directory or a saved model folder); a CLIP by backbone
-    spec (``open_clip:...``: both towers of one model, no heads); or ``random-heads:RUN``, RUN's
-    backbones with freshly initialised heads (the control every trained number is compared to)."""
+def load_model(path: str | Path, device: str = "cpu") -> VLModel | UTAModel:
+    """Load a trained vlalign model (a run directory or a saved model folder: SAIL heads, or a
+    UTA student with its teacher's text side); a CLIP by backbone spec (``open_clip:...``: both
+    towers of one model, no heads); or ``random-heads:RUN``, RUN's backbones with freshly
+    initialised heads (the control every trained number is compared to)."""
+    from vlalign.uta.model import UTAModel, is_uta_model
+
     text = str(path)
     if text.startswith(JOINT_SPACE_SCHEMES):
         return VLModel.from_backbones(text, text, device=device)
@@ -220,5 +226,7 @@ def load_model(path: str | Path, device: str = "cpu") -> VLModel:
         trained = VLModel.from_pretrained(text[len(UNTRAINED):], device=device)
         heads = AlignmentHeads.untrained(trained.heads.config)
         return VLModel(trained.vision, trained.text, heads).to(device)
+    if is_uta_model(path):
+        return UTAModel.from_pretrained(path, device=device)
     return VLModel.from_pretrained(path, device=device)
 

@@ -10,8 +10,9 @@ import torch
 
 import harness
 from vlalign.sail import train as train_module
-from vlalign.sail.train import TrainingDiverged, train_sail
+from vlalign.sail.train import train_sail
 from vlalign.utils.checkpoint import load_checkpoint
+from vlalign.utils.training import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

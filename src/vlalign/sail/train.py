@@ -45,13 +45,10 @@ from vlalign.utils.checkpoint import (
 from vlalign.utils.distributed import init_from_env, on_rank_zero, raise_if_any_failed
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json
 from vlalign.utils.precision import autocast_dtype, resolve_precision
+from vlalign.utils.training import check_finite, resolve_device, trim_metrics
 
 log = logging.getLogger(__name__)
 Evaluator = Callable[["SailModule", int], dict[str, float]]
-
-class TrainingDiverged(UserError):
-    """The loss became NaN/inf; the message names the step and the term."""
-
 
 class SailModule(nn.Module):
     """The trainable part of SAIL: one head per modality plus the loss's scale and bias."""
@@ -90,15 +87,6 @@ def _global_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[st
     return dict(zip(named, values))
 
 
-def _check_finite(step: int, terms: dict[str, torch.Tensor], last_good: int | None) -> None:
-    """TrainingDiverged naming the first non-finite value (identical on every rank)."""
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            where = f"step {last_good}" if last_good is not None else "none yet"
-            raise TrainingDiverged(f"non-finite {name} = {value.item()} at step {step}; "
-                                   f"stopped (last good checkpoint: {where})")
-
-
 def _check_stores(config: SailConfig, stores: list[FeatureStore], rank: int,
                   world_size: int) -> None:
     """Fail up front, on every rank, on a corrupt shard or a validation store that does not
@@ -127,32 +115,6 @@ def _check_fits(module: nn.Module, tensors: dict[str, torch.Tensor], run_dir: Pa
             raise UserError(f"{run_dir}: checkpoint tensor {name} is {found}, this run needs "
                             f"{tuple(param.shape)} (different store dims or heads); "
                             "use another --out")
-
-
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (no duplicates), and a line
-    torn by a kill mid-write."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            if json.loads(line).get("step", -1) <= last_step:
-                kept.append(line)
-        except (ValueError, AttributeError):
-            continue
-    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
-
-
-def _device(name: str) -> torch.device:
-    """'auto' -> this rank's GPU if CUDA is available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("device cuda requested but CUDA is not available")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
 
 
 def export_heads(module: SailModule, run_dir: Path, config: SailConfig,
@@ -193,7 +155,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
     stream = BatchStream(data, config.batch_size, config.positives, config.seed, rank, world_size)
     total_steps = max(1, int(config.epochs * stream.steps_per_epoch))
 
-    device = _device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     module = SailModule(config, data.image_dim, data.text_dim).to(device)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -215,7 +177,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
         for stale in run_dir.glob("*.tmp"):  # left by a kill mid-write; never read
             stale.unlink()
         atomic_write_json(run_dir / "config.json", to_dict(config))
-        _trim_metrics(run_dir / "metrics.jsonl", start)
+        trim_metrics(run_dir / "metrics.jsonl", start)
 
     def save(step: int) -> None:
         opt_tensors, opt_info = flatten_optimizer(optimizer)
@@ -252,13 +214,13 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
                                 enabled=autocast is not None):
                 loss, terms = module(images, texts)
             reduced = _global_terms(loss, terms)
-            _check_finite(step, reduced, last_good)
+            check_finite(step, reduced, last_good)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if world_size > 1:  # each rank's loss is its share: sum the gradients
                 sum_gradients(params)
             grad_norm = nn.utils.clip_grad_norm_(params, config.optim.grad_clip or float("inf"))
-            _check_finite(step, {"gradient norm": grad_norm}, last_good)
+            check_finite(step, {"gradient norm": grad_norm}, last_good)
             optimizer.step()
             compute_time = time.perf_counter() - compute_start
             done = step + 1

@@ -1,0 +1,148 @@
+"""Training images for UTA and fine-tuning, as pure functions of (seed, step).
+
+Several sources form one row space (concatenated). Batch ``step`` holds rows
+``perm(seed, epoch)[i * B:(i + 1) * B]`` with ``epoch, i = divmod(step, steps_per_epoch)``
+(drop-last), each rank taking its slice, and an augmented view is drawn from an RNG seeded by
+(seed, step, row): a resumed run decodes exactly the pixels an uninterrupted run would. With
+stores (one per source, encoded from that very source), the rows are the stored rows and every
+item also carries its stored backbone features (pooled vector and token map).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from vlalign.backbones.base import Preprocess, image_to_tensor
+from vlalign.data.base import BadItem, Source
+from vlalign.errors import DataError, StoreError, UserError
+from vlalign.store.reader import FeatureStore
+
+CROP_SCALE = (0.5, 1.0)  # random resized crop: area fraction
+CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (log-uniform)
+
+
+def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A random resized crop (area 50-100%, aspect 3:4-4:3) and a horizontal flip half the time;
+    the resize to the model's size happens in preprocessing."""
+    width, height = image.size
+    area = width * height * rng.uniform(*CROP_SCALE)
+    aspect = math.exp(rng.uniform(*np.log(CROP_RATIO)))
+    w = min(width, max(1, round(math.sqrt(area * aspect))))
+    h = min(height, max(1, round(math.sqrt(area / aspect))))
+    left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    image = image.crop((left, top, left + w, top + h))
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
+
+
+class ImageRows(Dataset):
+    """Item ``(step, row)``: the row's preprocessed pixels, label, and stored features if any."""
+
+    def __init__(self, sources: Sequence[Source], preprocess: Preprocess,
+                 stores: Sequence[FeatureStore] | None = None, augment_seed: int | None = None):
+        self.sources, self.preprocess, self.stores = list(sources), preprocess, stores
+        self.augment_seed = augment_seed  # None: no augmentation
+        if stores is None:
+            self.items = [np.arange(len(s)) for s in self.sources]
+        else:
+            self.items = [store.source_indices for store in stores]
+        self.offsets = np.cumsum([0] + [len(items) for items in self.items])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        step, row = key
+        part = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        local = row - int(self.offsets[part])
+        source = self.sources[part]
+        try:
+            example = source.load(int(self.items[part][local]))
+            image = example.image
+            if self.augment_seed is not None:
+                image = augment(image.convert("RGB"),
+                                np.random.default_rng([self.augment_seed, step, row]))
+            item = {"pixels": image_to_tensor(image, self.preprocess),
+                    "label": -1 if example.label is None else int(example.label)}
+        except BadItem as bad:
+            return {"bad": f"{source.name} item {self.items[part][local]}: {bad}"}
+        if self.stores is not None:
+            store = self.stores[part]
+            item["pooled"] = torch.from_numpy(store.images(np.array([local])).astype(np.float32))[0]
+            item["tokens"] = torch.from_numpy(store.tokens(np.array([local])).astype(np.float32))[0]
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the good items; bad ones are counted (DataError if a whole batch is bad)."""
+    good = [item for item in items if "bad" not in item]
+    if not good:
+        raise DataError(f"every item of a batch is unusable, e.g. {items[0]['bad']}")
+    batch = {key: torch.stack([item[key] for item in good]) for key in good[0] if key != "label"}
+    batch["label"] = torch.tensor([item["label"] for item in good])
+    batch["bad"] = len(items) - len(good)
+    return batch
+
+
+class StepBatches(Sampler[list[tuple[int, int]]]):
+    """This rank's ``(step, row)`` keys of global batches ``start .. stop-1`` (see module doc)."""
+
+    def __init__(self, rows: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, start: int = 0, stop: int = 0):
+        if batch_size > rows:
+            raise UserError(f"batch size {batch_size} exceeds the {rows} training images")
+        if batch_size % world_size:
+            raise UserError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rank, self.world_size, self.start, self.stop = rank, world_size, start, stop
+        self.steps_per_epoch = rows // batch_size
+        self._epoch, self._order = -1, np.empty(0, np.int64)
+
+    def span(self, start: int, stop: int) -> StepBatches:
+        """The same stream restricted to steps ``start .. stop-1``."""
+        return StepBatches(self.rows, self.batch_size, self.seed, self.rank, self.world_size,
+                           start, stop)
+
+    def rows_of(self, step: int) -> np.ndarray:
+        """This rank's rows of global batch ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
+        rows = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        local = self.batch_size // self.world_size
+        return rows[self.rank * local:(self.rank + 1) * local]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            yield [(step, int(row)) for row in self.rows_of(step)]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def open_stores(paths: Sequence[str], sources: Sequence[Source], vision_identity: str,
+                grid: tuple[int, int]) -> list[FeatureStore]:
+    """The stores of ``sources`` (same order), checked: encoded from exactly that source, by the
+    teacher's vision backbone, with token maps on the teacher's grid."""
+    stores = []
+    for path, source in zip(paths, sources):
+        store = FeatureStore(path)
+        if store.manifest["dataset"]["fingerprint"] != source.fingerprint:
+            raise StoreError(f"{path} was encoded from {store.manifest['dataset']['name']}, not "
+                             f"from {source.name}; list stores in the order of data")
+        if store.backbones[0] != vision_identity:
+            raise StoreError(f"{path} was encoded with {store.backbones[0]}, the teacher's "
+                             f"vision backbone is {vision_identity}; re-encode with it")
+        if not store.has_tokens:
+            raise StoreError(f"{path} has no token maps; re-encode with --tokens")
+        if store.grid != tuple(grid):
+            raise StoreError(f"{path} holds {store.grid} token maps, the teacher gives {grid}")
+        stores.append(store)
+    return stores

@@ -1,0 +1,100 @@
+"""UTAModel: VLModel's interface on a student + teacher text side, save/load without pickle,
+the evaluation suite on it, and fine-tuning (linear probe, full, from scratch)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_uta_train import save_sail_teacher, tiny_config
+from vlalign.data import create_source
+from vlalign.data.benchmarks.registry import create_benchmark
+from vlalign.errors import UserError
+from vlalign.eval.tasks import Context, zeroshot_classification, zeroshot_segmentation
+from vlalign.model import load_model
+from vlalign.uta.finetune import FinetuneConfig, finetune
+from vlalign.uta.model import UTAModel
+from vlalign.uta.teachers import create_teacher
+from vlalign.uta.train import train_uta
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+EMOJI = Path("data") / "emoji" / "emoji.json"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uta_model")
+    teacher = save_sail_teacher(root / "sail")
+    train_uta(tiny_config(teacher), root / "run", progress=False, max_steps=3)
+    return root / "run"
+
+
+def _images(n: int = 3) -> list:
+    source = create_source("digits:test")
+    return [source.load(i).image for i in range(n)]
+
+
+def test_save_load_round_trip_and_clip_interface(run: Path, tmp_path: Path) -> None:
+    model = load_model(run)
+    assert isinstance(model, UTAModel) and model.config["step"] == 3
+    model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "student.safetensors", "uta.json"]
+    again = UTAModel.from_pretrained(tmp_path / "saved")
+    pixels = torch.stack([model.preprocess(im) for im in _images()])
+    assert pixels.shape == (3, 3, 64, 64)
+    image = model.encode_image(pixels, normalize=True)
+    torch.testing.assert_close(again.encode_image(_images(), normalize=True), image)
+    assert image.shape == (3, 16) and torch.allclose(image.norm(dim=-1), torch.ones(3))
+    teacher = create_teacher(model.teacher_spec)
+    torch.testing.assert_close(model.encode_text(model.tokenizer(["a cat"])),
+                               teacher.encode_text(["a cat"]))
+    tokens, grid = model.encode_image_tokens(_images(2))
+    assert grid == (2, 2) and tokens.shape == (2, 4, 16)
+    probs = model.classify(_images(), ["zero", "one", "two"], templates=["a digit {}."])
+    assert probs.shape == (3, 3) and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
+
+
+def test_a_changed_teacher_is_refused(run: Path, tmp_path: Path) -> None:
+    load_model(run).save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "uta.json").read_text())
+    config["teacher"]["identity"] = "sail:something-else"
+    (tmp_path / "saved" / "uta.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="distilled from sail:something-else"):
+        load_model(tmp_path / "saved")
+    with pytest.raises(UserError, match="not a UTA model"):
+        finetune(tmp_path / "nowhere", "digits:train[:8]", "digits:test[:8]", FinetuneConfig())
+
+
+def test_evaluation_suite_tasks_run_on_it(run: Path) -> None:
+    model = load_model(run)
+    context = Context(batch_size=16, progress=False)
+    metrics = zeroshot_classification(model, create_source("digits:test[:24]"), None,
+                                      context).metrics
+    assert 0.0 <= metrics["acc1"] <= 1.0 and metrics["skipped"] == 0
+    if not EMOJI.is_file():
+        pytest.skip("emoji data not installed (make install)")
+    canvases = create_benchmark("emoji-canvas:test?by=subcategory&count=2", "data")
+    assert 0.0 <= zeroshot_segmentation(model, canvases, None, context).metrics["miou"] <= 1.0
+
+
+def test_finetune_linear_full_and_from_scratch(run: Path, tmp_path: Path) -> None:
+    train, test = "digits:train[:48]", "digits:test[:24]"
+    linear = finetune(run, train, test, FinetuneConfig(device="cpu"), progress=False)
+    assert 0.0 <= linear["metrics"]["lp_acc1"] <= 1.0
+    for scratch in (False, True):
+        config = FinetuneConfig(mode="full", from_scratch=scratch, epochs=2, batch_size=16,
+                                precision="fp32", device="cpu")
+        record = finetune(run, train, test, config, out=tmp_path / str(scratch), progress=False)
+        assert record["metrics"]["steps"] == 6 and 0.0 <= record["metrics"]["acc1"] <= 1.0
+        assert record["settings"]["from_scratch"] == scratch
+        saved = json.loads((tmp_path / str(scratch) / "finetune.json").read_text())
+        assert saved["metrics"] == record["metrics"]
+        assert (tmp_path / str(scratch) / "classifier.safetensors").exists()
+    for name in ("cat", "dog"):  # a labelled folder with other classes than the digits
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        _images(1)[0].save(tmp_path / "pets" / name / "a.png")
+    with pytest.raises(UserError, match="different classes"):
+        finetune(run, "digits:train[:8]", f"folder:{tmp_path / 'pets'}", FinetuneConfig())

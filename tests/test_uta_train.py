@@ -1,0 +1,196 @@
+"""UTA trainer: learns, resumes bit for bit, stored targets equal online ones, NaN guard,
+baselines, time budget, and batches/masks as pure functions of (seed, step)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlalign.backbones import create_text_encoder, create_vision_encoder
+from vlalign.data import create_source
+from vlalign.errors import StoreError, UserError
+from vlalign.model import AlignmentHeads, VLModel, load_model
+from vlalign.sail.heads import create_head
+from vlalign.store import EncodeOptions, FeatureStore, encode_store
+from vlalign.uta import train as train_module
+from vlalign.uta.config import StudentSpec, UtaConfig, check_config
+from vlalign.uta.data import ImageRows, StepBatches
+from vlalign.uta.model import UTAModel
+from vlalign.uta.targets import StoredTargets
+from vlalign.uta.teachers import create_teacher
+from vlalign.uta.train import step_keep, train_uta
+from vlalign.utils.checkpoint import load_checkpoint, load_tensors
+from vlalign.utils.training import TrainingDiverged
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+VISION, TEXT = "bundled:mobilenetv2?size=64&runtime=torch", "bundled:bow?dim=32"  # 2 x 2 tokens
+DATA = "digits:train[:64]"
+
+
+def save_sail_teacher(path: Path) -> Path:
+    """A small SAIL model to distil: MobileNetV2 at 64 px + bag of words, linear 16-d heads."""
+    vision, text = create_vision_encoder(VISION), create_text_encoder(TEXT)
+    torch.manual_seed(0)
+    heads = {"vision_head": create_head("linear", vision.dim, 16),
+             "text_head": create_head("linear", text.dim, 16)}
+    config = {"method": "sail", "embed_dim": 16,
+              "vision": {"spec": VISION, "identity": vision.identity, "dim": vision.dim},
+              "text": {"spec": TEXT, "identity": text.identity, "dim": text.dim},
+              **{k: v.config for k, v in heads.items()}}
+    VLModel(vision, text, AlignmentHeads(heads["vision_head"], heads["text_head"], config)) \
+        .save_pretrained(path)
+    return path
+
+
+def tiny_config(teacher: Path, **changes) -> UtaConfig:
+    """One-block 32-d student, 8 steps per epoch of 64 digits, fp32 on the CPU."""
+    config = UtaConfig(teacher=f"sail:{teacher}", student=StudentSpec(dim=32, depth=1, heads=2),
+                       data=[DATA], batch_size=8, epochs=1, precision="fp32", log_every=1,
+                       checkpoint_every=3, device="cpu")
+    config.optim.lr = 3e-3
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_sail_teacher(tmp_path_factory.mktemp("uta_train") / "sail")
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_reduces_the_loss_and_writes_a_model(teacher_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_uta(tiny_config(teacher_dir, epochs=2), run, progress=False)
+    lines = _metrics(run)
+    assert [line["step"] for line in lines] == list(range(1, 17))
+    assert lines[-1]["loss"] < 0.7 * lines[0]["loss"]
+    assert {line["tokens_run"] for line in lines} == {3}  # 2 of 4 patches + CLS
+    saved = json.loads((run / "uta.json").read_text())
+    assert saved["student"]["patch_size"] == 32  # 64 px / the teacher's 2 x 2 grid
+    assert saved["teacher"]["spec"] == f"sail:{teacher_dir}" and saved["step"] == 16
+    assert isinstance(load_model(run), UTAModel)
+    with pytest.raises(UserError, match="pass --resume"):
+        train_uta(tiny_config(teacher_dir), run, progress=False)
+
+
+def test_resume_equals_an_uninterrupted_run(teacher_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(teacher_dir, augment=True)
+    config.mask.strategy = "block"
+    train_uta(config, tmp_path / "whole", progress=False)
+    train_uta(config, tmp_path / "split", progress=False, max_steps=4)
+    assert load_checkpoint(tmp_path / "split")[1]["step"] == 4
+    train_uta(config, tmp_path / "split", resume=True, progress=False)
+    whole = load_tensors(tmp_path / "whole" / "student.safetensors")
+    split = load_tensors(tmp_path / "split" / "student.safetensors")
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    ignore = ("img_per_s", "data_s", "teacher_s", "compute_s", "train_s")
+
+    def losses(run: str) -> list[dict]:
+        return [{k: v for k, v in line.items() if k not in ignore}
+                for line in _metrics(tmp_path / run)]
+
+    assert losses("split") == losses("whole")  # no duplicated or missing step
+
+
+def test_store_targets_equal_online_targets(teacher_dir: Path, tmp_path: Path) -> None:
+    spec = "digits:train[:32]"
+    store = tmp_path / "store"
+    encode_store(create_source(spec), create_vision_encoder(VISION), create_text_encoder(TEXT),
+                 store, kinds=["raw"], specs=(VISION, TEXT),
+                 options=EncodeOptions(tokens=True, dtype="float32", shard_size=16,
+                                       num_workers=0, progress=False))
+    teacher = create_teacher(f"sail:{teacher_dir}")
+    rows = ImageRows([create_source(spec)], teacher.preprocess)
+    pixels = torch.stack([rows[(0, i)]["pixels"] for i in range(4)])
+    reader = FeatureStore(store)
+    stored = StoredTargets(teacher, (2, 2))(
+        torch.from_numpy(reader.images(range(4))), torch.from_numpy(reader.tokens(range(4))))
+    online = teacher.encode_image_tokens(pixels)
+    torch.testing.assert_close(stored.tokens, online.tokens, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stored.pooled, online.pooled, rtol=1e-4, atol=1e-5)
+
+    first = {}
+    for targets in ("online", "store"):
+        config = tiny_config(teacher_dir, data=[spec], targets=targets, stores=[str(store)])
+        first[targets] = train_uta(config, tmp_path / targets, progress=False, max_steps=1)
+    assert first["store"]["loss"] == pytest.approx(first["online"]["loss"], rel=1e-5)
+    wrong = tiny_config(teacher_dir, data=["digits:train[:16]"], targets="store",
+                        stores=[str(store)])
+    with pytest.raises(StoreError, match="was encoded from"):
+        train_uta(wrong, tmp_path / "wrong", progress=False)
+
+
+def test_nan_guard_keeps_the_last_good_checkpoint(teacher_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = train_module.uta_loss
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        return terms._replace(total=terms.total * float("nan")) if len(calls) == 6 else terms
+
+    monkeypatch.setattr(train_module, "uta_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as caught:
+        train_uta(tiny_config(teacher_dir, checkpoint_every=2), run, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "non-finite loss = nan at step 5" in message
+    assert "last good checkpoint: step 4" in message
+    tensors, info = load_checkpoint(run)  # intact (checksum verified), and the newest
+    assert info["step"] == 4 and not (run / "student.safetensors").exists()
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("student."))
+
+
+@pytest.mark.parametrize("objective", ["mim", "distill"])
+def test_baselines_run(objective: str, teacher_dir: Path, tmp_path: Path) -> None:
+    metrics = train_uta(tiny_config(teacher_dir, objective=objective), tmp_path / objective,
+                        progress=False, max_steps=2)
+    assert metrics["step"] == 2 and metrics["tokens_run"] == 5  # every patch + CLS
+    saved = json.loads((tmp_path / objective / "uta.json").read_text())
+    assert saved["student"]["mask_token"] == (objective == "mim")
+    assert saved["objective"] == objective
+
+
+def test_time_budget_stops_the_run(teacher_dir: Path, tmp_path: Path) -> None:
+    metrics = train_uta(tiny_config(teacher_dir, time_budget_s=1e-3), tmp_path / "run",
+                        progress=False)
+    assert metrics["step"] == 1 and metrics["train_s"] >= 1e-3
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 1
+    assert (tmp_path / "run" / "student.safetensors").exists()
+
+
+def test_bad_config_values_are_one_line_errors(teacher_dir: Path, tmp_path: Path) -> None:
+    for change, match in (({"objective": "mae"}, "objective"), ({"targets": "disk"}, "targets"),
+                          ({"batch_size": 0}, "batch_size"),
+                          ({"targets": "store"}, "one store per data spec")):
+        with pytest.raises(UserError, match=match):
+            check_config(tiny_config(teacher_dir, **change))
+    bad_patch = tiny_config(teacher_dir, student=StudentSpec(dim=32, depth=1, heads=2,
+                                                             patch_size=24))
+    with pytest.raises(UserError, match="config student: img_size 64"):
+        train_uta(bad_patch, tmp_path / "run", progress=False)
+
+
+def test_batches_and_masks_are_pure_functions_of_seed_and_step(teacher_dir: Path) -> None:
+    config = tiny_config(teacher_dir)
+    one = StepBatches(64, 8, seed=3)
+    two = [StepBatches(64, 8, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for step in (0, 7, 8, 20):  # within and across epochs
+        rows = one.rows_of(step)
+        assert rows.tolist() == sorted(set(rows.tolist()), key=rows.tolist().index)
+        assert rows.tolist() == two[0].rows_of(step).tolist() + two[1].rows_of(step).tolist()
+        keep = step_keep(config, step, 8, (4, 4), 0, 1)
+        assert torch.equal(keep, step_keep(config, step, 8, (4, 4), 0, 1))
+        halves = [step_keep(config, step, 8, (4, 4), r, 2) for r in (0, 1)]
+        assert torch.equal(keep, torch.cat(halves))
+    assert one.rows_of(0).tolist() != one.rows_of(8).tolist()  # a new epoch reshuffles
+    assert not torch.equal(step_keep(config, 0, 8, (4, 4), 0, 1),
+                           step_keep(config, 1, 8, (4, 4), 0, 1))
