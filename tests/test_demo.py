@@ -47,6 +47,11 @@ def test_quick_demo_runs_end_to_end(tmp_path):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["sail/fashion_mnist/acc1"] > 0.3  # chance is 0.1, even after a few steps
     assert "| sail/fashion_mnist/acc1 |" in (out / "summary.md").read_text()
+    # UTA: the distilled student and its teacher, zero-shot through the evaluation suite
+    for model in ("uta_student", "sail_teacher"):
+        assert 0.0 <= summary[f"uta/{model}/fashion_mnist/acc1"] <= 1.0
+        assert 0.0 <= summary[f"uta/{model}/emoji/image_retrieval_recall@5"] <= 1.0
+    assert (out / "uta" / "student.safetensors").is_file()
     # the probe grid: every vision x text pair and the two correlations
     assert sum(key.endswith("/alignment") for key in summary) == 8
     assert -1 <= summary["probe/pearson(alignment, knn)"] <= 1

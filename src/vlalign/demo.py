@@ -8,7 +8,9 @@
 4. run the offline evaluation suite on the SAIL model and two controls (linear heads; the same
    backbones with untrained heads) and write summary.json + summary.md;
 5. probe a small grid of encoders (4 vision x 2 text) for alignability, reusing step 1's stores;
-6. write report.html (and report.md) with the plots.
+6. distil the SAIL model into a tiny ViT from unmasked tokens (UTA) for a few minutes and
+   evaluate the student zero-shot next to its teacher;
+7. write report.html (and report.md) with the plots.
 Stores and runs are resumable, so an interrupted demo picks up where it stopped.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.config import load_config
 from vlalign.data import create_source
-from vlalign.eval.run import offline_suite, run_suite
+from vlalign.eval.run import Job, offline_suite, run_suite
 from vlalign.eval.stored import evaluate_store, store_evaluator
 from vlalign.eval.tasks import Context
 from vlalign.model import AlignmentHeads, load_model
@@ -33,13 +35,16 @@ from vlalign.report.build import build_report
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
+from vlalign.uta.config import UtaConfig
+from vlalign.uta.train import train_uta
 
 log = logging.getLogger(__name__)
 VISION, TEXT = "bundled:mobilenetv2", "bundled:minilm"
 PROBE_VISION = [VISION, f"{VISION}@stage3", f"{VISION}?weights=random",
                 "bundled:pixels?size=32&patch=4"]
 PROBE_TEXT = [TEXT, "bundled:bow"]
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sail-offline.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIG, UTA_CONFIG = CONFIGS / "sail-offline.yaml", CONFIGS / "uta-offline.yaml"
 
 
 @dataclass
@@ -59,13 +64,17 @@ class DemoSize:
     probe_labelled_train: str = "fashion-mnist:train[:2000]"
     probe_labelled_test: str = "fashion-mnist:test[:1000]"
     probe_epochs: float = 40.0
+    uta_seconds: float = 300.0
+    uta_overrides: tuple[str, ...] = ()
 
 
 QUICK = DemoSize("fashion-mnist:train[:512]", "fashion-mnist:test[:256]", "emoji:train[:512]",
                  "emoji:test[:256]", epochs=2.0, transfer_epochs=2.0, batch_size=128,
                  eval_every=4, pairs_per_tag=4, canvases=4,
                  probe_labelled_train="fashion-mnist:train[:256]",
-                 probe_labelled_test="fashion-mnist:test[:128]", probe_epochs=2.0)
+                 probe_labelled_test="fashion-mnist:test[:128]", probe_epochs=2.0,
+                 uta_seconds=10.0, uta_overrides=("batch_size=16", "student.depth=2",
+                                                  "log_every=2", "checkpoint_every=4"))
 
 
 def _encode_all(size: DemoSize, root: Path) -> dict[str, Path]:
@@ -124,6 +133,32 @@ def _probe(out: Path, size: DemoSize, stores: dict[str, Path]) -> dict[str, floa
     return summary
 
 
+def _uta(out: Path, size: DemoSize, teacher: Path, stores: dict[str, Path]) -> dict[str, float]:
+    """Distil the SAIL model into a ViT (UTA, offline recipe, ``uta_seconds`` of training);
+    zero-shot and retrieval of the student next to its teacher, through the evaluation suite."""
+    run = out / "uta"
+    if not (run / "uta.json").exists():
+        overrides = [f"teacher=sail:{teacher}", f"time_budget_s={size.uta_seconds}",
+                     f"data={json.dumps([size.fashion_train, size.emoji_train])}",
+                     "eval.zeroshot=[]", *size.uta_overrides]
+        config = load_config(UtaConfig, UTA_CONFIG if UTA_CONFIG.exists() else None, overrides)
+        train_uta(config, run, resume=(run / "latest.json").exists())
+    jobs = (Job("zeroshot_classification", size.fashion_test),
+            Job("zeroshot_classification", size.emoji_test),
+            Job("zeroshot_retrieval", size.emoji_test))
+    models = {"uta_student": (load_model(run), str(run)),
+              "sail_teacher": (load_model(teacher), str(teacher))}
+    records = run_suite(models, jobs, out / "eval_uta",
+                        Context(stores=[FeatureStore(p) for p in stores.values()]))
+    summary = {}
+    for record in records:
+        dataset = record["dataset"].split(":")[0].replace("-", "_")
+        for key in ("acc1", "image_retrieval_recall@5", "text_retrieval_recall@5"):
+            if key in record["metrics"]:
+                summary[f"uta/{record['model']}/{dataset}/{key}"] = record["metrics"][key]
+    return summary
+
+
 def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
     """Run the pipeline into ``out``; returns the flat summary."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -151,6 +186,8 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
             summary[f"{model_name}/{label}/{key}"] = round(value, 4)
     probe = _probe(out / "probe", size, stores)
     summary |= {key: round(value, 4) for key, value in probe.items()}
+    uta = _uta(out, size, main_run, stores)
+    summary |= {key: round(value, 4) for key, value in uta.items()}
     summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(_markdown(summary, size))
