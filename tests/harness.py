@@ -1,13 +1,14 @@
 """Harness for the fault and multi-process tests: children forked from a warm forkserver.
 
 Importing torch and vlalign takes seconds on 2 cores; the forkserver pays that once and each
-child is a fork (tens of ms). A child runs one job (``encode`` or ``train``) on the tiny bundled
-encoders, optionally as rank r of a gloo group, optionally with a kill switch: the child counts
-*events* (every atomic file write, twice: once written but not yet renamed, once renamed; every
-unlink; every training step and encode batch) and SIGKILLs itself at a chosen one. At a
-``-mid`` event the temporary file is first truncated to a chosen fraction, as a kill in the middle
-of the write would leave it. Between two events a process changes nothing on disk, so killing at
-events reaches every state a kill at any moment can leave. A run records its event labels.
+child is a fork (tens of ms). A child runs one job (``encode``, ``train`` or ``uta``) on the
+tiny bundled encoders, optionally as rank r of a gloo group, optionally with a kill switch: the
+child counts *events* (every atomic file write, twice: once written but not yet renamed, once
+renamed; every unlink; every training step and encode batch) and SIGKILLs itself at a chosen
+one. At a ``-mid`` event the temporary file is first truncated to a chosen fraction, as a kill
+in the middle of the write would leave it. Between two events a process changes nothing on
+disk, so killing at events reaches every state a kill at any moment can leave. A run records its
+event labels.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from vlalign.sail import train as train_module
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, encode_store
+from vlalign.uta import train as uta_module
+from vlalign.uta.config import UtaConfig
 from vlalign.utils import files
 
 VISION, TEXT = "bundled:pixels?size=8&patch=4", "bundled:bow?dim=64"
@@ -40,6 +43,10 @@ TRAIN = {"vision_head": {"kind": "glu", "width_factor": 2},
          "text_head": {"kind": "glu", "width_factor": 2}, "embed_dim": 16, "batch_size": 40,
          "epochs": 3, "optim": {"lr": 1e-3}, "loss_block_size": 16, "checkpoint_every": 4,
          "log_every": 2, "precision": "fp32", "num_threads": 1, "device": "cpu"}
+UTA = {"student": {"dim": 32, "depth": 1, "heads": 2}, "data": ["digits:train[:64]"],
+       "batch_size": 8, "epochs": 2, "optim": {"name": "adamw", "lr": 3e-3},
+       "checkpoint_every": 3, "log_every": 1, "precision": "fp32", "num_threads": 1,
+       "device": "cpu"}
 create_source("digits:train")  # loads scikit-learn's digits once, in the forkserver
 
 
@@ -87,6 +94,7 @@ class KillSwitch:
         """Wrap the library's write, unlink, step and batch functions to report events."""
         original_path, original_unlink = files.atomic_path, Path.unlink
         forward = train_module.SailModule.forward
+        distil = uta_module.Distiller.forward
 
         @contextmanager
         def atomic_path(path: Path):
@@ -103,9 +111,14 @@ class KillSwitch:
             self.event("step")
             return forward(module, images, texts)
 
+        def uta_step(module: Any, *args: Any):
+            self.event("step")
+            return distil(module, *args)
+
         files.atomic_path = atomic_path
         Path.unlink = unlink
         train_module.SailModule.forward = step
+        uta_module.Distiller.forward = uta_step
 
 
 def encode(out: Path, data: str, switch: KillSwitch | None = None, vision_spec: str = VISION,
@@ -154,6 +167,9 @@ def job(kind: str, args: dict[str, Any], kill_at: int | None = None, cut: float 
         files.open = full_disk_open(args.pop("disk_full"))
     if kind == "encode":
         encode(Path(args.pop("out")), args.pop("data"), switch, **args)
+    elif kind == "uta":
+        config = from_dict(UtaConfig, {**UTA, "teacher": f"sail:{args.pop('teacher')}"})
+        uta_module.train_uta(config, Path(args.pop("run")), progress=False, **args)
     else:
         config = train_config(Path(args.pop("store")), **args.pop("config", {}))
         train_sail(config, Path(args.pop("run")), progress=False, **args)
