@@ -109,7 +109,10 @@ def _train(run: Path, train: list[Path], size: DemoSize, epochs: float,
 
 def _evaluate_suite(out: Path, runs: dict[str, Path | str], size: DemoSize,
                     stores: dict[str, Path]) -> list[dict]:
-    """The offline suite on the SAIL model and its controls, reusing the demo's stores."""
+    """The offline suite on the SAIL model and its controls, reusing the demo's stores (a suite
+    finished by an earlier, interrupted demo is read back, not rerun)."""
+    if (out / "results.json").exists():
+        return json.loads((out / "results.json").read_text())
     jobs = offline_suite(size.fashion_train, size.fashion_test, size.emoji_train,
                          size.emoji_test, size.pairs_per_tag, size.canvases)
     models = {name: (load_model(path), str(path)) for name, path in runs.items()}
@@ -146,10 +149,14 @@ def _uta(out: Path, size: DemoSize, teacher: Path, stores: dict[str, Path]) -> d
     jobs = (Job("zeroshot_classification", size.fashion_test),
             Job("zeroshot_classification", size.emoji_test),
             Job("zeroshot_retrieval", size.emoji_test))
-    models = {"uta_student": (load_model(run), str(run)),
-              "sail_teacher": (load_model(teacher), str(teacher))}
-    records = run_suite(models, jobs, out / "eval_uta",
-                        Context(stores=[FeatureStore(p) for p in stores.values()]))
+    results = out / "eval_uta" / "results.json"
+    if results.exists():
+        records = json.loads(results.read_text())
+    else:
+        models = {"uta_student": (load_model(run), str(run)),
+                  "sail_teacher": (load_model(teacher), str(teacher))}
+        records = run_suite(models, jobs, out / "eval_uta",
+                            Context(stores=[FeatureStore(p) for p in stores.values()]))
     summary = {}
     for record in records:
         dataset = record["dataset"].split(":")[0].replace("-", "_")
