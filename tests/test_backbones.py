@@ -106,6 +106,11 @@ def test_random_weights_control() -> None:
     assert not torch.allclose(real.encode(x).pooled, rand.encode(x).pooled)
     torch.testing.assert_close(rand.encode(x).pooled, again.encode(x).pooled)
     assert not torch.allclose(rand.encode(x).pooled, other.encode(x).pooled)
+    # BatchNorm calibrated on noise: the whole random network's features keep an ordinary scale
+    # (uncalibrated they were ~1e-8, which a float16 store flushed to zero)
+    for name in ("mobilenetv2", "efficientnet-lite0"):
+        pooled = create_vision_encoder(f"bundled:{name}?size=64&weights=random").encode(x).pooled
+        assert pooled.std() > 1e-2 and pooled.half().count_nonzero() > pooled.numel() // 4
 
 
 def test_pixels_control() -> None:

@@ -122,3 +122,14 @@ def test_incomplete_or_missing_store_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "encoding"}))
     with pytest.raises(StoreError, match="incomplete"):
         FeatureStore(tmp_path)
+
+
+def test_float16_that_cannot_hold_the_features_is_an_error_not_silent_zeros():
+    from vlalign.store.encode import cast_features
+
+    fine = np.array([[0.5, -2.0], [0.0, 0.0]], np.float32)  # an all-zero row stays allowed
+    assert cast_features(fine, np.float16, "image").dtype == np.float16
+    for bad in (np.array([[1e-8, -2e-8]], np.float32), np.array([[7e4, 1.0]], np.float32)):
+        with pytest.raises(StoreError, match="--dtype float32"):
+            cast_features(bad, np.float16, "image")
+    assert cast_features(np.array([[1e-8]], np.float32), np.float32, "image")[0, 0] == 1e-8

@@ -109,6 +109,20 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def cast_features(features: np.ndarray, dtype: type, what: str) -> np.ndarray:
+    """``features`` in the store's dtype; StoreError instead of silently storing inf or zeros
+    when float16 cannot hold them (features above 65504, or rows that underflow to all zero)."""
+    cast = features.astype(dtype)
+    if dtype is np.float16 and features.size:
+        peak = float(np.abs(features).max())
+        flat = features.reshape(len(features), -1)
+        lost = (np.abs(flat).max(axis=1) > 0) & ~cast.reshape(len(cast), -1).any(axis=1)
+        if not np.isfinite(cast).all() or lost.any():
+            raise StoreError(f"{what} features do not fit float16 (largest |value| {peak:.3g}); "
+                             "encode with --dtype float32")
+    return cast
+
+
 class _ShardBatches(Sampler[list[int]]):
     """Fixed batches that never cross a shard boundary, for the shards still to do."""
 
@@ -190,15 +204,17 @@ class _ShardBuffer:
     def flush(self, out: Path, text: TextEncoder, options: EncodeOptions, kinds: list[str]) -> int:
         dtype = DTYPES[options.dtype]
         images = (np.concatenate(self.images) if self.images
-                  else np.zeros((0, self.vision.dim), np.float32)).astype(dtype)
+                  else np.zeros((0, self.vision.dim), np.float32))
         texts = encode_captions(text, self.captions, len(kinds), options.text_batch_size)
-        sha = {"images": atomic_save_npy(shard_file(out, self.shard, "images"), images),
-               "texts": atomic_save_npy(shard_file(out, self.shard, "texts"), texts.astype(dtype))}
+        sha = {"images": atomic_save_npy(shard_file(out, self.shard, "images"),
+                                         cast_features(images, dtype, "image")),
+               "texts": atomic_save_npy(shard_file(out, self.shard, "texts"),
+                                        cast_features(texts, dtype, "caption"))}
         if options.tokens:
             tokens = (np.concatenate(self.tokens) if self.tokens
                       else np.zeros((0, 0, self.vision.token_dim), np.float32))
             sha["tokens"] = atomic_save_npy(shard_file(out, self.shard, "tokens"),
-                                            tokens.astype(dtype))
+                                            cast_features(tokens, dtype, "token"))
         meta = {"shard": self.shard, "rows": len(self.keys), "keys": self.keys,
                 "labels": self.labels, "captions": self.captions, "grid": self.grid,
                 "bad": [{"index": i, "reason": r} for i, r in self.bad], "sha256": sha}
