@@ -112,7 +112,8 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def cast_features(features: np.ndarray, dtype: type, what: str) -> np.ndarray:
     """``features`` in the store's dtype; StoreError instead of silently storing inf or zeros
     when float16 cannot hold them (features above 65504, or rows that underflow to all zero)."""
-    cast = features.astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is reported below, as one line
+        cast = features.astype(dtype)
     if dtype is np.float16 and features.size:
         peak = float(np.abs(features).max())
         flat = features.reshape(len(features), -1)
