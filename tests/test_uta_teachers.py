@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tiny_models import save_sail_teacher
 from vlalign.errors import UserError
 from vlalign.uta.loss import uta_loss
 from vlalign.uta.masking import sample_keep
@@ -144,24 +145,7 @@ def test_hf_clip_teacher(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small SAIL model (bundled MobileNetV2 at 64 px + hashed bag of words, linear heads)."""
-    from vlalign.backbones import create_text_encoder, create_vision_encoder
-    from vlalign.model import AlignmentHeads, VLModel
-    from vlalign.sail.heads import create_head
-
-    vision_spec, text_spec = "bundled:mobilenetv2?size=64&runtime=torch", "bundled:bow?dim=32"
-    vision, text = create_vision_encoder(vision_spec), create_text_encoder(text_spec)
-    torch.manual_seed(0)
-    heads = {"vision_head": create_head("linear", vision.dim, 16),
-             "text_head": create_head("linear", text.dim, 16)}
-    config = {"method": "sail", "embed_dim": 16,
-              "vision": {"spec": vision_spec, "identity": vision.identity, "dim": vision.dim},
-              "text": {"spec": text_spec, "identity": text.identity, "dim": text.dim},
-              **{k: v.config for k, v in heads.items()}}
-    path = tmp_path_factory.mktemp("uta_sail") / "model"
-    VLModel(vision, text, AlignmentHeads(heads["vision_head"], heads["text_head"], config)) \
-        .save_pretrained(path)
-    return path
+    return save_sail_teacher(tmp_path_factory.mktemp("uta_sail") / "model")
 
 
 def test_sail_teacher_matches_the_model_and_trains_a_student(sail_dir: Path) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_models import TEXT, VISION, save_sail_teacher
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.data import create_source
 from vlalign.errors import StoreError, UserError
-from vlalign.model import AlignmentHeads, VLModel, load_model
-from vlalign.sail.heads import create_head
+from vlalign.model import load_model
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
 from vlalign.uta import train as train_module
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
@@ -24,23 +24,7 @@ from vlalign.utils.checkpoint import load_checkpoint, load_tensors
 from vlalign.utils.training import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-VISION, TEXT = "bundled:mobilenetv2?size=64&runtime=torch", "bundled:bow?dim=32"  # 2 x 2 tokens
 DATA = "digits:train[:64]"
-
-
-def save_sail_teacher(path: Path) -> Path:
-    """A small SAIL model to distil: MobileNetV2 at 64 px + bag of words, linear 16-d heads."""
-    vision, text = create_vision_encoder(VISION), create_text_encoder(TEXT)
-    torch.manual_seed(0)
-    heads = {"vision_head": create_head("linear", vision.dim, 16),
-             "text_head": create_head("linear", text.dim, 16)}
-    config = {"method": "sail", "embed_dim": 16,
-              "vision": {"spec": VISION, "identity": vision.identity, "dim": vision.dim},
-              "text": {"spec": TEXT, "identity": text.identity, "dim": text.dim},
-              **{k: v.config for k, v in heads.items()}}
-    VLModel(vision, text, AlignmentHeads(heads["vision_head"], heads["text_head"], config)) \
-        .save_pretrained(path)
-    return path
 
 
 def tiny_config(teacher: Path, **changes) -> UtaConfig:

@@ -222,6 +222,18 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), quick=args.quick)
 
 
+def _add_run_options(parser: argparse.ArgumentParser, config: str, example: str) -> None:
+    """The options every training command shares: recipe, overrides, run folder, resume."""
+    parser.add_argument("--config", help=f"YAML recipe, e.g. {config}")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help=f"override a recipe value, e.g. --set {example} (repeatable)")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--max-steps", type=int,
+                        help="stop after this many steps (schedule unchanged)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlalign", description="Align frozen vision and text encoders into CLIP-like "
@@ -267,26 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "<- --set key=value overrides; saved as RUN/config.json.")
     t.add_argument("--store", action="append", help="training store (repeat to mix stores)")
     t.add_argument("--val-store", action="append", help="held-out store(s) evaluated during runs")
-    t.add_argument("--config", help="YAML recipe, e.g. configs/sail-offline.yaml")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set optim.lr=1e-4 (repeatable)")
-    t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--max-steps", type=int, help="stop after this many steps (schedule unchanged)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(t, "configs/sail-offline.yaml", "optim.lr=1e-4")
     t.set_defaults(func=_train_sail)
     t = train_sub.add_parser(
         "uta", help="UTA: distil a frozen CLIP-like teacher into a ViT from unmasked tokens",
         description="Train a UTA student (or the mim / distill baselines: --set "
         "objective=mim). Recipe = defaults <- --config YAML <- --set key=value overrides; "
         "saved as RUN/config.json. The finished run is a model: vlalign eval --model RUN.")
-    t.add_argument("--config", help="YAML recipe, e.g. configs/uta-offline.yaml")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set mask.ratio=0.75 (repeatable)")
-    t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--max-steps", type=int, help="stop after this many steps (schedule unchanged)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(t, "configs/uta-offline.yaml", "mask.ratio=0.75")
     t.set_defaults(func=_train_uta)
 
     p = sub.add_parser(

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 import harness
-from test_uta_train import save_sail_teacher
+from tiny_models import save_sail_teacher
 
 POINTS, SEED = 6, 5
 

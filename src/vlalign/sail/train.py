@@ -45,7 +45,12 @@ from vlalign.utils.checkpoint import (
 from vlalign.utils.distributed import init_from_env, on_rank_zero, raise_if_any_failed
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json
 from vlalign.utils.precision import autocast_dtype, resolve_precision
-from vlalign.utils.training import check_finite, resolve_device, trim_metrics
+from vlalign.utils.training import (
+    check_finite,
+    refuse_overwrite,
+    resolve_device,
+    trim_metrics,
+)
 
 log = logging.getLogger(__name__)
 Evaluator = Callable[["SailModule", int], dict[str, float]]
@@ -145,9 +150,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     run_dir = Path(run_dir)
-    if (run_dir / "latest.json").exists() and not resume:
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
-                        "or choose another --out")
+    refuse_overwrite(run_dir, resume)
     stores = [FeatureStore(p) for p in config.train_stores]
     data = StoreMix(stores)
     data.kinds_available(config.positives)

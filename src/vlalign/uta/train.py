@@ -55,7 +55,12 @@ from vlalign.utils.checkpoint import (
 from vlalign.utils.distributed import init_from_env, on_rank_zero
 from vlalign.utils.files import atomic_write_json
 from vlalign.utils.precision import autocast_dtype, resolve_precision
-from vlalign.utils.training import check_finite, resolve_device, trim_metrics
+from vlalign.utils.training import (
+    check_finite,
+    refuse_overwrite,
+    resolve_device,
+    trim_metrics,
+)
 
 log = logging.getLogger(__name__)
 SCHEDULE_RESOLUTION = 100_000  # a time budget's schedule advances in steps of budget / this
@@ -139,9 +144,7 @@ def train_uta(config: UtaConfig, run_dir: Path, resume: bool = False, progress: 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     run_dir = Path(run_dir)
-    if (run_dir / "latest.json").exists() and not resume:
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
-                        "or choose another --out")
+    refuse_overwrite(run_dir, resume)
     if evaluate is None and config.eval.zeroshot:
         evaluate = zeroshot_evaluator(config.eval.zeroshot, config.data_root,
                                       config.eval.batch_size)

@@ -49,3 +49,10 @@ def resolve_device(name: str) -> torch.device:
             raise UserError("device cuda requested but CUDA is not available")
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
+
+
+def refuse_overwrite(run_dir: Path, resume: bool) -> None:
+    """UserError when ``run_dir`` already holds a run and the caller did not ask to resume it."""
+    if (run_dir / "latest.json").exists() and not resume:
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
+                        "or choose another --out")
