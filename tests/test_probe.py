@@ -129,6 +129,7 @@ def test_probe_rerun_reuses_stores_and_trained_probes(probe_run, cells, capsys):
                  test, "--labelled", "digits:train,digits:test", "--set", "sail.epochs=30",
                  "--set", "sail.batch_size=128", "--out", str(out), "--quiet"]) == 0
     assert [p.stat().st_mtime_ns for p in heads] == stamps
+    assert len(list(out.glob("quality/*.json"))) == 3  # k-NN and probe: computed once each
     assert json.loads(manifest.read_text())["status"] == "complete"
     again = json.loads((out / "probe.json").read_text())
     assert _pair(again, PERFECT) == _pair(result, PERFECT)

@@ -98,6 +98,21 @@ def vision_quality(train: FeatureStore, test: FeatureStore) -> dict[str, float]:
     return metrics | linear_probe.evaluate(x_train, y_train, x_test, y_test)
 
 
+def cached_quality(path: Path, train: FeatureStore, test: FeatureStore) -> dict[str, float]:
+    """``vision_quality`` of these stores, computed once: the linear probe's weight-decay sweep
+    is the slowest part of a rerun. The cache is keyed by the stores' identities."""
+    key = {"train": train.manifest["vision"]["identity"], "test": test.manifest["vision"][
+        "identity"], "data": [s.manifest["dataset"]["fingerprint"] for s in (train, test)]}
+    if path.exists():
+        cached = read_json(path)
+        if cached.get("key") == key:
+            return cached["metrics"]
+    metrics = vision_quality(train, test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"key": key, "metrics": metrics})
+    return metrics
+
+
 def text_quality(store: FeatureStore) -> dict[str, float]:
     """Paraphrase recall@1: each emoji name must find its own descriptive sentence among all
     sentences (and back), averaged; needs two caption kinds."""
@@ -171,8 +186,10 @@ def run_probe(config: ProbeConfig, out: Path, stores: Sequence[FeatureStore] = (
             image_side[spec, data] = finder.get(data, spec, config.image_side_text, 0)
         vision[spec] = {}
         for train, test in zip(config.labelled_train, config.labelled_test):
-            quality = vision_quality(finder.get(train, spec, config.image_side_text, 0),
-                                     finder.get(test, spec, config.image_side_text, 0))
+            quality = cached_quality(
+                out / "quality" / f"{slug(spec)}__{slug(train)}__{slug(test)}.json",
+                finder.get(train, spec, config.image_side_text, 0),
+                finder.get(test, spec, config.image_side_text, 0))
             vision[spec] |= {f"{_label(test)}/{k}": v for k, v in quality.items()}
         gc.collect()
     text: dict[str, dict[str, float]] = {}
