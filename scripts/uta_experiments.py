@@ -21,10 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vlalign.eval.finetune import FinetuneConfig, finetune
 from vlalign.eval.run import Job, run_suite
 from vlalign.eval.tasks import Context
 from vlalign.model import load_model
-from vlalign.uta.finetune import FinetuneConfig, finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("uta", "mim", "distill")

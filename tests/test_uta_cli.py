@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from test_uta_train import save_sail_teacher
+from tiny_models import save_sail_teacher
 from vlalign.cli import main
 from vlalign.data import create_source
 from vlalign.utils.checkpoint import load_tensors

@@ -11,9 +11,9 @@ from test_uta_train import save_sail_teacher, tiny_config
 from vlalign.data import create_source
 from vlalign.data.benchmarks.registry import create_benchmark
 from vlalign.errors import UserError
+from vlalign.eval.finetune import FinetuneConfig, finetune
 from vlalign.eval.tasks import Context, zeroshot_classification, zeroshot_segmentation
 from vlalign.model import load_model
-from vlalign.uta.finetune import FinetuneConfig, finetune
 from vlalign.uta.model import UTAModel
 from vlalign.uta.teachers import create_teacher
 from vlalign.uta.train import train_uta

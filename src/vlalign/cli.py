@@ -77,18 +77,21 @@ def _train_sail(args: argparse.Namespace) -> None:
 
 def _train_uta(args: argparse.Namespace) -> None:
     from vlalign.config import load_config
+    from vlalign.eval.uta_progress import zeroshot_evaluator
     from vlalign.uta.config import UtaConfig
     from vlalign.uta.train import train_uta
 
     config = load_config(UtaConfig, args.config, list(args.set or []))
+    evaluate = zeroshot_evaluator(config.eval.zeroshot, config.data_root,
+                                  config.eval.batch_size) if config.eval.zeroshot else None
     metrics = train_uta(config, Path(args.out), resume=args.resume, progress=not args.quiet,
-                        max_steps=args.max_steps)
+                        max_steps=args.max_steps, evaluate=evaluate)
     print(json.dumps(metrics))
     print(f"student written to {args.out}")
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from vlalign.uta.finetune import FinetuneConfig, finetune
+    from vlalign.eval.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig(mode=args.mode, from_scratch=args.from_scratch, epochs=args.epochs,
                             time_budget_s=args.time_budget_s, batch_size=args.batch_size,

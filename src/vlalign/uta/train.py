@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ from vlalign.sail.distributed import all_reduce_sum
 from vlalign.sail.optim import Lion, cosine_lr
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
 from vlalign.uta.data import ImageRows, StepBatches, collate, open_stores
-from vlalign.uta.evaluate import Evaluator, zeroshot_evaluator
 from vlalign.uta.loss import LossTerms, distill_loss, mim_loss, uta_loss
 from vlalign.uta.masking import keep_to_mask, sample_keep
 from vlalign.uta.model import UTAModel
@@ -63,6 +63,7 @@ from vlalign.utils.training import (
 )
 
 log = logging.getLogger(__name__)
+Evaluator = Callable[[UTAModel, int], dict[str, float]]
 SCHEDULE_RESOLUTION = 100_000  # a time budget's schedule advances in steps of budget / this
 
 
@@ -138,16 +139,14 @@ def train_uta(config: UtaConfig, run_dir: Path, resume: bool = False, progress: 
               max_steps: int | None = None, evaluate: Evaluator | None = None) -> dict[str, Any]:
     """Train a UTA student (or a baseline: ``objective`` mim / distill); returns the last
     logged metrics. ``max_steps`` stops early (the schedule still spans the full run).
-    ``evaluate(model, step)`` defaults to zero-shot acc1 on ``config.eval.zeroshot``."""
+    ``evaluate(model, step)`` is called on ``config.eval.every`` and at the end (the CLI passes
+    ``vlalign.eval.uta_progress.zeroshot_evaluator`` for ``config.eval.zeroshot``)."""
     check_config(config)
     rank, world_size = init_from_env()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     run_dir = Path(run_dir)
     refuse_overwrite(run_dir, resume)
-    if evaluate is None and config.eval.zeroshot:
-        evaluate = zeroshot_evaluator(config.eval.zeroshot, config.data_root,
-                                      config.eval.batch_size)
     device = resolve_device(config.device)
     sources = [create_source(spec, config.data_root) for spec in config.data]
     teacher = create_teacher(config.teacher, device=str(device))
