@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(PY) bench/encode.py
 	$(PY) bench/sail_step.py
 	$(PY) bench/store_scale.py --clean
+	$(PY) bench/uta_step.py --threads 1
 
 clean:
 	rm -rf runs stores bench/results
