@@ -19,7 +19,7 @@ from torch import nn
 
 from vlalign.backbones.base import Preprocess, image_to_tensor
 from vlalign.errors import UserError
-from vlalign.model import VLModel
+from vlalign.sail.model import VLModel
 from vlalign.uta.student import StudentConfig, UTAStudent
 from vlalign.uta.teachers import Teacher, create_teacher
 from vlalign.utils.checkpoint import load_tensors, save_tensors

@@ -2,7 +2,7 @@
 vectors, turned into the teacher's joint-space tokens without running the backbone.
 
 A SAIL teacher is its backbone followed by its vision head, applied per token (the head input
-of ``vlalign.model.token_head_inputs``) and to the pooled vector: storing the backbone's output
+of ``vlalign.sail.model.token_head_inputs``) and to the pooled vector: storing the backbone's output
 saves the expensive part, and the head (cheap) runs at train time. A transformers CLIP teacher's
 backbone (``hf:...?pool=proj``) already outputs projected tokens, so its stored features are the
 targets. open_clip teachers have no stored form (their tokens need the whole tower).
@@ -14,6 +14,7 @@ import torch
 
 from vlalign.backbones.base import VisionEncoder, VisionOutput
 from vlalign.errors import UserError
+from vlalign.sail.model import token_head_inputs
 from vlalign.uta.teachers import HFCLIPTeacher, SAILTeacher, Teacher, TeacherOutput
 
 
@@ -40,8 +41,6 @@ class StoredTargets:
     def __call__(self, pooled: torch.Tensor, tokens: torch.Tensor) -> TeacherOutput:
         if isinstance(self.teacher, HFCLIPTeacher):
             return TeacherOutput(tokens.float(), pooled.float(), self.grid)
-        from vlalign.model import token_head_inputs
-
         cls = pooled[:, :tokens.shape[-1]] if self.has_cls else None
         out = VisionOutput(pooled=pooled, tokens=tokens, grid=self.grid, cls=cls)
         heads = self.teacher.model.heads

@@ -24,6 +24,7 @@ from vlalign.backbones.base import Preprocess
 from vlalign.backbones.hf import CLIP_MEAN, CLIP_STD
 from vlalign.backbones.spec import Spec, parse_spec
 from vlalign.errors import UserError
+from vlalign.sail.model import VLModel, token_head_inputs
 
 TEACHER_SCHEMES = ("open_clip", "hf", "sail")
 
@@ -187,9 +188,10 @@ def _heads_digest(model: Any) -> str:
 class SAILTeacher:
     """A vlalign SAIL model (``VLModel``): its vision head applied to every token of the frozen
     backbone's token map (``[CLS ; patch]`` for ViTs, the token for CNNs; see
-    ``vlalign.model.token_head_inputs``) and to the pooled vector; text through the text head."""
+    ``vlalign.sail.model.token_head_inputs``) and to the pooled vector; text through the text
+    head."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: VLModel) -> None:
         self.model = model
         self.preprocess = model.vision.preprocess
         self.identity = f"sail:{model.vision.identity}|{model.text.identity}#{_heads_digest(model)}"
@@ -198,15 +200,11 @@ class SAILTeacher:
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> SAILTeacher:
-        """Load a SAIL run directory or saved model folder with ``vlalign.model.load_model``."""
-        from vlalign.model import load_model
-
-        return cls(load_model(path, device=device))
+        """Load a SAIL run directory or saved model folder."""
+        return cls(VLModel.from_pretrained(path, device=device))
 
     def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
         """Per-token joint-space embeddings on the backbone's grid, and the pooled embedding."""
-        from vlalign.model import token_head_inputs
-
         heads = self.model.heads
         out = self.model.vision.encode(pixels.to(self.model.device), tokens=True)
         tokens = heads.encode_image_features(token_head_inputs(out), normalize=False)
