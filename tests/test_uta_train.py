@@ -4,6 +4,7 @@ baselines, time budget, and batches/masks as pure functions of (seed, step)."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,11 +18,11 @@ from vlalign.uta import train as train_module
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
 from vlalign.uta.data import ImageRows, StepBatches
 from vlalign.uta.model import UTAModel
-from vlalign.uta.targets import StoredTargets
+from vlalign.uta.targets import StoredTargets, cache_targets, pack_targets, unpack_targets
 from vlalign.uta.teachers import create_teacher
 from vlalign.uta.train import step_keep, train_uta
 from vlalign.utils.checkpoint import load_checkpoint, load_tensors
-from vlalign.utils.training import TrainingDiverged
+from vlalign.utils.training import UNBOUNDED_STEPS, TrainingDiverged, step_limit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA = "digits:train[:64]"
@@ -82,13 +83,19 @@ def test_resume_equals_an_uninterrupted_run(teacher_dir: Path, tmp_path: Path) -
     assert losses("split") == losses("whole")  # no duplicated or missing step
 
 
-def test_store_targets_equal_online_targets(teacher_dir: Path, tmp_path: Path) -> None:
-    spec = "digits:train[:32]"
-    store = tmp_path / "store"
+def _token_store(path: Path, spec: str) -> Path:
     encode_store(create_source(spec), create_vision_encoder(VISION), create_text_encoder(TEXT),
-                 store, kinds=["raw"], specs=(VISION, TEXT),
+                 path, kinds=["raw"], specs=(VISION, TEXT),
                  options=EncodeOptions(tokens=True, dtype="float32", shard_size=16,
                                        num_workers=0, progress=False))
+    return path
+
+
+def test_store_targets_equal_online_targets(teacher_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLALIGN_CACHE", str(tmp_path / "cache"))
+    spec = "digits:train[:32]"
+    store = _token_store(tmp_path / "store", spec)
     teacher = create_teacher(f"sail:{teacher_dir}")
     rows = ImageRows([create_source(spec)], teacher.preprocess)
     pixels = torch.stack([rows[(0, i)]["pixels"] for i in range(4)])
@@ -103,11 +110,39 @@ def test_store_targets_equal_online_targets(teacher_dir: Path, tmp_path: Path) -
     for targets in ("online", "store"):
         config = tiny_config(teacher_dir, data=[spec], targets=targets, stores=[str(store)])
         first[targets] = train_uta(config, tmp_path / targets, progress=False, max_steps=1)
-    assert first["store"]["loss"] == pytest.approx(first["online"]["loss"], rel=1e-5)
+    # cached targets are float16 unit vectors: the cosine losses agree to float16 precision
+    assert first["store"]["loss"] == pytest.approx(first["online"]["loss"], rel=1e-3)
+    assert len(list((tmp_path / "cache" / "uta-targets").glob("*.npy"))) == 1
     wrong = tiny_config(teacher_dir, data=["digits:train[:16]"], targets="store",
                         stores=[str(store)])
     with pytest.raises(StoreError, match="was encoded from"):
         train_uta(wrong, tmp_path / "wrong", progress=False)
+
+
+def test_cached_targets_are_unit_rows_computed_once(teacher_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FeatureStore(_token_store(tmp_path / "store", "digits:train[:40]"))
+    teacher = create_teacher(f"sail:{teacher_dir}")
+    stored = StoredTargets(teacher, (2, 2))
+    monkeypatch.setattr("vlalign.uta.targets.CACHE_BATCH", 16)  # 3 batches, the last short
+    path = cache_targets(stored, store, progress=False, root=tmp_path / "cache")
+    cached = np.load(path, mmap_mode="r")
+    assert cached.shape == (40, 5, teacher.dim) and cached.dtype == np.float16
+    direct = stored(torch.from_numpy(store.images(np.arange(40))),
+                    torch.from_numpy(store.tokens(np.arange(40))))
+    back = unpack_targets(torch.from_numpy(np.array(cached)), (2, 2))
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(back.tokens, direct.tokens, dim=-1).min() > 0.9999
+    assert cos(back.pooled, direct.pooled, dim=-1).min() > 0.9999
+    assert torch.allclose(back.tokens.norm(dim=-1), torch.ones(40, 4), atol=1e-3)
+    np.testing.assert_array_equal(pack_targets(direct), cached)
+
+    def must_not_run(*args):
+        raise AssertionError("targets recomputed")
+
+    monkeypatch.setattr(StoredTargets, "__call__", must_not_run)
+    assert cache_targets(stored, store, progress=False, root=tmp_path / "cache") == path
+    assert list((tmp_path / "cache").iterdir()) == [path]  # no temporary file left
 
 
 def test_nan_guard_keeps_the_last_good_checkpoint(teacher_dir: Path, tmp_path: Path,
@@ -149,6 +184,17 @@ def test_time_budget_stops_the_run(teacher_dir: Path, tmp_path: Path) -> None:
     assert metrics["step"] == 1 and metrics["train_s"] >= 1e-3
     assert load_checkpoint(tmp_path / "run")[1]["step"] == 1
     assert (tmp_path / "run" / "student.safetensors").exists()
+
+
+def test_a_time_budget_replaces_epochs(teacher_dir: Path, tmp_path: Path) -> None:
+    """A fast run keeps going past its epochs until the budget is spent (the schedule runs in
+    time, so stopping at the epochs would end it mid-schedule)."""
+    config = tiny_config(teacher_dir, epochs=0.25, time_budget_s=2.0, log_every=100)
+    metrics = train_uta(config, tmp_path / "run", progress=False)
+    assert metrics["epoch"] > 0.25 and metrics["train_s"] >= 2.0
+    assert metrics["lr"] < 0.02 * config.optim.lr  # the cosine schedule reached its end
+    assert step_limit(10, 0.0) == 10 and step_limit(10, 0.0, max_steps=4) == 4
+    assert step_limit(10, 5.0) == UNBOUNDED_STEPS and step_limit(10, 5.0, max_steps=4) == 4
 
 
 def test_bad_config_values_are_one_line_errors(teacher_dir: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from vlalign.uta.train import create_optimizer
 from vlalign.utils.checkpoint import save_tensors
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json
 from vlalign.utils.precision import autocast_dtype
-from vlalign.utils.training import resolve_device
+from vlalign.utils.training import resolve_device, step_limit
 
 MODES = ("linear", "full")
 
@@ -47,7 +47,7 @@ class FinetuneConfig:
     mode: str = "linear"  # linear | full
     from_scratch: bool = False  # random initialisation of the same architecture (the baseline)
     epochs: float = 10.0
-    time_budget_s: float = 0.0  # > 0: stop after this much training time (schedule in time)
+    time_budget_s: float = 0.0  # > 0: train this long instead of `epochs` (schedule in time)
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -103,16 +103,19 @@ def _train_full(classifier: Classifier, rows: ImageRows, config: FinetuneConfig,
     """Cross-entropy training of the whole classifier; returns steps and training seconds."""
     stream = StepBatches(len(rows), config.batch_size, config.seed)
     total = max(1, int(config.epochs * stream.steps_per_epoch))
+    budget = config.time_budget_s
+    stop = step_limit(total, budget)
     optimizer = create_optimizer(classifier, OptimConfig(
         name="adamw", lr=config.lr, weight_decay=config.weight_decay, beta2=0.999))
     autocast = autocast_dtype(config.precision, device)
-    loader = DataLoader(rows, batch_sampler=stream.span(0, total), collate_fn=collate,
+    loader = DataLoader(rows, batch_sampler=stream.span(0, stop), collate_fn=collate,
                         num_workers=config.num_workers)
     classifier.train()
-    train_s, steps, budget = 0.0, 0, config.time_budget_s
+    train_s, steps = 0.0, 0
     started = time.perf_counter()
-    for step, batch in enumerate(tqdm(loader, total=total, disable=not progress, unit="step",
-                                      desc="finetune", dynamic_ncols=True)):
+    bar = tqdm(total=None if budget else stop, disable=not progress, unit="step",
+               desc="finetune", dynamic_ncols=True)
+    for step, batch in enumerate(loader):
         at, span = (int(train_s / budget * 100_000), 100_000) if budget else (step, total)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(at, span, config.lr, config.warmup_fraction)
@@ -127,8 +130,10 @@ def _train_full(classifier: Classifier, rows: ImageRows, config: FinetuneConfig,
         loss.backward()
         optimizer.step()
         steps, train_s = step + 1, time.perf_counter() - started
+        bar.update(1)
         if budget and train_s >= budget:
             break
+    bar.close()
     classifier.eval()
     return {"steps": steps, "train_s": round(train_s, 2)}
 

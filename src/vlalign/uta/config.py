@@ -65,7 +65,7 @@ class UtaConfig:
         min_lr_fraction=0.01, grad_clip=3.0))
     batch_size: int = 128
     epochs: float = 10.0
-    time_budget_s: float = 0.0  # > 0: stop after this much training time (schedule in time)
+    time_budget_s: float = 0.0  # > 0: train this long instead of `epochs` (schedule in time)
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 (student autocast; see utils/precision)
     seed: int = 0
     log_every: int = 10

@@ -5,7 +5,7 @@ Several sources form one row space (concatenated). Batch ``step`` holds rows
 (drop-last), each rank taking its slice, and an augmented view is drawn from an RNG seeded by
 (seed, step, row): a resumed run decodes exactly the pixels an uninterrupted run would. With
 stores (one per source, encoded from that very source), the rows are the stored rows and every
-item also carries its stored backbone features (pooled vector and token map).
+item also carries its row of the teacher's cached targets (``uta.targets.cache_targets``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 class ImageRows(Dataset):
-    """Item ``(step, row)``: the row's preprocessed pixels, label, and stored features if any."""
+    """Item ``(step, row)``: the row's preprocessed pixels, label, and cached targets if any."""
 
     def __init__(self, sources: Sequence[Source], preprocess: Preprocess,
-                 stores: Sequence[FeatureStore] | None = None, augment_seed: int | None = None):
+                 stores: Sequence[FeatureStore] | None = None, augment_seed: int | None = None,
+                 targets: Sequence[np.ndarray] | None = None):
         self.sources, self.preprocess, self.stores = list(sources), preprocess, stores
         self.augment_seed = augment_seed  # None: no augmentation
+        self.targets = targets  # per store: rows x (1 + N) x D, aligned with its rows
         if stores is None:
             self.items = [np.arange(len(s)) for s in self.sources]
         else:
@@ -72,10 +74,8 @@ class ImageRows(Dataset):
                     "label": -1 if example.label is None else int(example.label)}
         except BadItem as bad:
             return {"bad": f"{source.name} item {self.items[part][local]}: {bad}"}
-        if self.stores is not None:
-            store = self.stores[part]
-            item["pooled"] = torch.from_numpy(store.images(np.array([local])).astype(np.float32))[0]
-            item["tokens"] = torch.from_numpy(store.tokens(np.array([local])).astype(np.float32))[0]
+        if self.targets is not None:
+            item["targets"] = torch.from_numpy(np.array(self.targets[part][local]))
         return item
 
 

@@ -5,9 +5,9 @@ Run directory: ``config.json`` (resolved recipe), ``metrics.jsonl`` (one line pe
 ``student.safetensors`` + ``uta.json`` (what ``vlalign.load_model`` reads as a ``UTAModel``).
 
 Batch ``step`` (its images, augmentations and masks) is a pure function of (seed, step), so a
-resumed run equals an uninterrupted one bit for bit. A time budget (``time_budget_s``) runs the
-learning-rate schedule on the fraction of the budget spent and stops when it is spent: the fair
-set-up for equal-wall-clock comparisons, not reproducible by nature. Training time counts data
+resumed run equals an uninterrupted one bit for bit. A time budget (``time_budget_s``) replaces
+``epochs``: the learning-rate schedule runs on the fraction of the budget spent and training stops
+when it is spent. The fair set-up for equal-wall-clock comparisons, not reproducible by nature. Training time counts data
 loading, the teacher's forward and the student's step; evaluation and checkpoints are excluded.
 Under torchrun every rank trains on its slice of each global batch (masks are drawn for the
 global batch), the student is wrapped in DDP (gradients averaged: every rank's loss is a mean
@@ -44,7 +44,7 @@ from vlalign.uta.loss import LossTerms, distill_loss, mim_loss, uta_loss
 from vlalign.uta.masking import keep_to_mask, sample_keep
 from vlalign.uta.model import UTAModel
 from vlalign.uta.student import StudentConfig, UTAStudent, student_config
-from vlalign.uta.targets import StoredTargets, stored_backbone
+from vlalign.uta.targets import StoredTargets, cache_targets, stored_backbone, unpack_targets
 from vlalign.uta.teachers import Teacher, TeacherOutput, create_teacher
 from vlalign.utils.checkpoint import (
     flatten_optimizer,
@@ -56,9 +56,11 @@ from vlalign.utils.distributed import init_from_env, on_rank_zero
 from vlalign.utils.files import atomic_write_json
 from vlalign.utils.precision import autocast_dtype, resolve_precision
 from vlalign.utils.training import (
+    UNBOUNDED_STEPS,
     check_finite,
     refuse_overwrite,
     resolve_device,
+    step_limit,
     trim_metrics,
 )
 
@@ -152,14 +154,15 @@ def train_uta(config: UtaConfig, run_dir: Path, resume: bool = False, progress: 
     teacher = create_teacher(config.teacher, device=str(device))
     side = teacher.preprocess.size
     teacher_grid = teacher.encode_image_tokens(torch.zeros(1, 3, side, side)).grid
-    stored = None
-    stores = None
+    stores, targets = None, None
     if config.targets == "store":
         stores = open_stores(config.stores, sources, stored_backbone(teacher).identity,
                              teacher_grid)
         stored = StoredTargets(teacher, teacher_grid)
+        paths = on_rank_zero(lambda: [cache_targets(stored, store, progress) for store in stores])
+        targets = [np.load(path, mmap_mode="r") for path in paths]
     augment_seed = config.seed if config.augment else None
-    data = ImageRows(sources, teacher.preprocess, stores, augment_seed)
+    data = ImageRows(sources, teacher.preprocess, stores, augment_seed, targets)
     stream = StepBatches(len(data), config.batch_size, config.seed, rank, world_size)
     total_steps = max(1, int(config.epochs * stream.steps_per_epoch))
 
@@ -204,17 +207,18 @@ def train_uta(config: UtaConfig, run_dir: Path, resume: bool = False, progress: 
         save_checkpoint(run_dir, step, tensors, {"optimizer": opt_info, "config": to_dict(config),
                                                  "uta": identity, "train_s": train_s})
 
-    stop = total_steps if max_steps is None else min(total_steps, max_steps)
+    budget = config.time_budget_s
+    stop = step_limit(total_steps, budget, max_steps)
     autocast = autocast_dtype(config.precision, device)
     log.info("precision %s -> %s on %s", config.precision,
              resolve_precision(config.precision, device), device)
     params = [p for p in student.parameters() if p.requires_grad]
-    budget = config.time_budget_s
     loader = DataLoader(data, batch_sampler=stream.span(start, stop), collate_fn=collate,
                         num_workers=config.num_workers,
                         prefetch_factor=4 if config.num_workers else None)
-    bar = tqdm(total=stop, initial=start, disable=not progress or rank != 0, unit="step",
-               desc=f"train {config.objective}", dynamic_ncols=True)
+    bar = tqdm(total=None if stop == UNBOUNDED_STEPS else stop, initial=start, unit="step",
+               disable=not progress or rank != 0, desc=f"train {config.objective}",
+               dynamic_ncols=True)
     metrics: dict[str, Any] = {}
     wait_start = time.perf_counter()
     with open(run_dir / "metrics.jsonl", "a") if rank == 0 else open("/dev/null", "w") as sink:
@@ -222,10 +226,10 @@ def train_uta(config: UtaConfig, run_dir: Path, resume: bool = False, progress: 
             data_s = time.perf_counter() - wait_start
             teacher_start = time.perf_counter()
             pixels = batch["pixels"].to(device, non_blocking=True)
-            if stored is None:
-                targets = teacher.encode_image_tokens(pixels)
+            if "targets" in batch:
+                targets = unpack_targets(batch["targets"].to(device), teacher_grid)
             else:
-                targets = stored(batch["pooled"].to(device), batch["tokens"].to(device))
+                targets = teacher.encode_image_tokens(pixels)
             targets = targets.to_grid(student_cfg.grid)
             teacher_s = time.perf_counter() - teacher_start
             compute_start = time.perf_counter()

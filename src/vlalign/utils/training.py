@@ -56,3 +56,14 @@ def refuse_overwrite(run_dir: Path, resume: bool) -> None:
     if (run_dir / "latest.json").exists() and not resume:
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it "
                         "or choose another --out")
+
+
+UNBOUNDED_STEPS = 1 << 40  # "until the time budget is spent": more steps than any run takes
+
+
+def step_limit(epoch_steps: int, time_budget_s: float, max_steps: int | None = None) -> int:
+    """The step a run stops at: ``epoch_steps`` (its epochs' worth), or, under a time budget,
+    as many as the budget allows (the budget replaces epochs, so a fast run is not cut short
+    before its schedule ends); ``max_steps`` caps either."""
+    limit = UNBOUNDED_STEPS if time_budget_s > 0 else max(1, epoch_steps)
+    return limit if max_steps is None else min(limit, max_steps)
