@@ -6,9 +6,10 @@ Run directory: ``config.json`` (resolved recipe), ``metrics.jsonl`` (one line pe
 
 Batch ``step`` (its images, augmentations and masks) is a pure function of (seed, step), so a
 resumed run equals an uninterrupted one bit for bit. A time budget (``time_budget_s``) replaces
-``epochs``: the learning-rate schedule runs on the fraction of the budget spent and training stops
-when it is spent. The fair set-up for equal-wall-clock comparisons, not reproducible by nature. Training time counts data
-loading, the teacher's forward and the student's step; evaluation and checkpoints are excluded.
+``epochs``: the learning-rate schedule runs on the fraction of the budget spent and training
+stops when it is spent. The fair set-up for equal-wall-clock comparisons, not reproducible by
+nature. Training time counts data loading, the teacher's forward and the student's step;
+evaluation and checkpoints are excluded.
 Under torchrun every rank trains on its slice of each global batch (masks are drawn for the
 global batch), the student is wrapped in DDP (gradients averaged: every rank's loss is a mean
 over its equal share) and a non-finite loss or gradient stops every rank, keeping the last good
