@@ -13,7 +13,7 @@
 
 Every stage is resumable (finished runs are skipped). Run it alone on the machine: the budgets
 are wall-clock. Usage:
-    .venv/bin/python scripts/uta_experiments.py --budget 1200 --finetune-budget 600
+    .venv/bin/python scripts/uta_experiments.py --budget 1080 --finetune-budget 480  # docs/uta.md
 """
 
 from __future__ import annotations
