@@ -4,6 +4,7 @@ a temporary folder and loaded by path (nothing is ever downloaded)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -139,9 +140,30 @@ def test_e5_shape() -> None:
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2), atol=1e-3, rtol=0)
 
 
-def test_bow_is_registered() -> None:
+def test_bow_is_registered_and_deterministic() -> None:
+    from vlalign.backbones.base import BaseTextEncoder
+    from vlalign.backbones.bow import HashedBagOfWords
+
     enc = create_text_encoder("bundled:bow")
-    assert enc.encode(["a photo of a cat"]).shape == (1, enc.dim)
+    assert isinstance(enc, HashedBagOfWords) and isinstance(enc, BaseTextEncoder)
+    assert enc.dim == 384 and enc.identity == "bundled:bow?dim=384&bigrams=1"
+    texts = ["a photo of a cat", "a photo of a dog", "A photo, of a CAT!"]
+    out = enc.encode(texts)
+    assert out.shape == (3, 384) and out.dtype == torch.float32 and not out.is_inference()
+    torch.testing.assert_close(out[0], out[2])  # the same words once lower-cased
+    assert not torch.equal(out[0], out[1])
+    torch.testing.assert_close(create_text_encoder("bundled:bow").encode(texts), out)
+    assert not enc.encode([""]).any() and enc.encode([]).shape == (0, 384)
+    small = create_text_encoder("bundled:bow?dim=16&bigrams=no")
+    assert small.dim == 16 and small.identity == "bundled:bow?dim=16&bigrams=0"
+    assert small.encode(["cat cat"]).abs().sum().item() == pytest.approx(1 + math.log(2))
+    whole = small.encode(texts * 3)
+    small.batch_size = 2  # the base class batches: chunks of 2 give the same vectors
+    torch.testing.assert_close(small.encode(texts * 3), whole)
+    with pytest.raises(UserError, match="valid: bigrams, dim"):
+        create_text_encoder("bundled:bow?size=3")
+    with pytest.raises(UserError, match="stages exist only for bundled CNNs"):
+        create_text_encoder("bundled:bow@stage1")
 
 
 # --- transformers -------------------------------------------------------------------------------

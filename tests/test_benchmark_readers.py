@@ -452,12 +452,20 @@ def test_registry_errors_and_fallback(tmp_path: Path) -> None:
         create_benchmark("cifar:test")
     with pytest.raises(UserError, match="needs coco:ROOT"):
         create_benchmark("coco:")
-    with pytest.raises(UserError, match="unknown option 'fold' for coco; valid: split"):
+    with pytest.raises(UserError, match="unknown option 'fold' for coco in spec .*; valid: split"):
         create_benchmark(f"coco:{tmp_path}?fold=1")
-    with pytest.raises(UserError, match="unknown option 'split' for mmvp; valid: none"):
+    with pytest.raises(UserError, match="unknown option 'split' for mmvp in spec .*; valid: none"):
         create_benchmark(f"mmvp:{tmp_path}?split=val")
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         create_benchmark(f"voc:{tmp_path}?split")
+    with pytest.raises(UserError, match="option 'split' given twice"):
+        create_benchmark(f"voc:{tmp_path}?split=val&split=train")
+    with pytest.raises(UserError, match="count='x' of emoji-canvas must be an integer"):
+        create_benchmark("emoji-canvas:test?count=x")
+    # dataset schemes take no options: a '?' stays in the path (a webdataset glob)
+    with pytest.raises(UserError, match=r"shard-\?\?.tar"):
+        create_benchmark(f"wds:{tmp_path}/shard-??.tar")
+    assert create_benchmark(" DIGITS : test [ 2 : 4 ] ").name == "digits:test[2:4]"
     with pytest.raises(UserError, match="winoground root not found|Winoground root not found"):
         create_benchmark(f"winoground:{tmp_path / 'missing'}")
     digits = create_benchmark("digits:test[:5]")

@@ -354,6 +354,21 @@ def test_registry_specs_and_slices(tmp_path: Path) -> None:
     assert len(create_source(f"wds:{write_shards(tmp_path)}")) == 6
 
 
+def test_registry_paths_keep_colons_at_signs_brackets_and_globs(tmp_path: Path) -> None:
+    """Dataset specs have no @stage or ?options: those characters belong to the path."""
+    odd = tmp_path / "user@host:data[v1]"
+    odd.mkdir()
+    pairs = write_caption_csv(odd)
+    assert len(create_source(f"csv:{pairs}")) == 9
+    assert len(create_source(f"csv:{pairs}[2:5]")) == 3
+    globbed = tmp_path / "user@host:shards"  # no brackets: a glob would read them as a class
+    globbed.mkdir()
+    shards = write_shards(globbed)
+    assert len(create_source(f"wds:{shards.replace('{000..001}', '00?')}")) == 6
+    with pytest.raises(UserError, match=r"pairs.csv\?x=1"):
+        create_source(f"csv:{pairs}?x=1")
+
+
 def test_registry_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown dataset 'mnist'.*fashion-mnist.*emoji"):
         create_source("mnist:train")

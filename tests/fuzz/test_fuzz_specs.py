@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vlalign.backbones import create_text_encoder, create_vision_encoder
-from vlalign.backbones.registry import TEXT_SCHEMES, VISION_SCHEMES
-from vlalign.backbones.spec import parse_spec
+from vlalign.backbones.registry import TEXT, VISION, VISION_SCHEMES
 from vlalign.data import create_source
 from vlalign.data.registry import DATASETS
+from vlalign.data.registry import GRAMMAR as DATA
 from vlalign.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,12 +37,26 @@ def _one_line(error: UserError) -> None:
 @given(text=st.text(max_size=40) | specs)
 def test_spec_parser_parses_or_fails_in_one_line(text: str) -> None:
     try:
-        spec = parse_spec(text, VISION_SCHEMES)
+        spec = VISION.parse(text)
     except UserError as error:
         _one_line(error)
         return
-    assert spec.scheme in VISION_SCHEMES and spec.name and spec.text == text
-    assert text.startswith(f"{spec.scheme}:{spec.name}")
+    assert spec.scheme in VISION_SCHEMES and spec.name
+    assert text.strip().lower().startswith(f"{spec.scheme}:")
+    assert VISION.parse(str(spec)) == spec  # the canonical form reads back the same
+
+
+@given(text=st.text(max_size=30) | st.builds(
+    lambda scheme, name, tail: f"{scheme}:{name}{tail}", st.sampled_from(DATASETS),
+    st.text(max_size=10), st.sampled_from(["", "[1:2]", "[-3:]", "[:]", "[a:b]", "[1:2][3:4]"])))
+def test_dataset_grammar_round_trips(text: str) -> None:
+    try:
+        spec = DATA.parse(text)
+    except UserError as error:
+        _one_line(error)
+        return
+    assert spec.stage is None and not spec.options  # '@' and '?' stay in dataset paths
+    assert DATA.parse(str(spec)) == spec
 
 
 @given(query=queries | st.text(max_size=12))
@@ -74,7 +88,7 @@ def test_bundled_pixels_builds_and_encodes_or_fails(query: str) -> None:
 def test_text_specs_build_or_fail_in_one_line(text: str) -> None:
     """Only bundled specs get past the parser offline; all others must fail cleanly and fast."""
     try:
-        parsed = parse_spec(text, TEXT_SCHEMES)
+        parsed = TEXT.parse(text)
     except UserError as error:
         _one_line(error)
         return

@@ -1,6 +1,7 @@
 """Frozen vision and text encoders behind two small protocols, named by spec strings."""
 
 from vlalign.backbones.base import (
+    BaseTextEncoder,
     Preprocess,
     TextEncoder,
     VisionEncoder,
@@ -18,6 +19,7 @@ from vlalign.backbones.registry import (
 __all__ = [
     "TEXT_SCHEMES",
     "VISION_SCHEMES",
+    "BaseTextEncoder",
     "Preprocess",
     "TextEncoder",
     "VisionEncoder",

@@ -1,9 +1,11 @@
-"""The two small protocols every frozen encoder implements, and the shared pooling helpers."""
+"""The two small protocols every frozen encoder implements, the text encoders' shared base, and
+the shared pooling and identity helpers."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -11,8 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from vlalign.backbones.spec import Spec
 from vlalign.errors import UserError
+from vlalign.spec import Spec, Value
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,6 +72,43 @@ class TextEncoder(Protocol):
     dim: int
 
     def encode(self, texts: list[str]) -> torch.Tensor: ...
+
+
+class BaseTextEncoder(ABC):
+    """What every text adapter shares: the device, ``to()``, the empty-input guard and batching.
+
+    A subclass sets ``identity``, ``dim``, ``batch_size`` if 256 does not suit, and ``model``
+    when it has a torch module for ``to()`` to move, and implements ``_encode_batch``. Empty
+    strings are encoded like any other string: each model decides what they mean.
+    """
+
+    identity: str
+    dim: int
+    batch_size: int = 256
+    model: Any = None
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> BaseTextEncoder:
+        """Move the model (if it is a torch module); outputs come back on the same device."""
+        self.device = torch.device(device)
+        if isinstance(self.model, torch.nn.Module):
+            self.model.to(self.device)
+        return self
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """B x dim float32 on the encoder's device, ``batch_size`` strings per model call; an
+        ordinary tensor (not an inference one), so it can serve as an autograd target."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.dim, device=self.device)
+        with torch.inference_mode():
+            out = torch.cat([self._encode_batch(texts[i:i + self.batch_size])
+                             for i in range(0, len(texts), self.batch_size)])
+        return out.to(self.device, torch.float32, copy=True)
+
+    @abstractmethod
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        """len(texts) x dim embeddings of one batch (any float dtype and device)."""
 
 
 _INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -141,45 +180,19 @@ def weights_tag(paths: Iterable[str | Path]) -> str:
     return "sha256:" + hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
 
 
-def make_identity(spec: Spec, weights: str, options: dict[str, str]) -> str:
-    """Identity string: ``scheme:name[@stage]?k=v&...#weights`` with options resolved and sorted."""
+def make_identity(spec: Spec, weights: str, options: Mapping[str, Value]) -> str:
+    """Identity string: ``scheme:name[@stage]?k=v&...#weights``, options resolved, sorted and
+    booleans written 1/0, so equal settings always give equal identities."""
     head = f"{spec.scheme}:{spec.name}" + (f"@{spec.stage}" if spec.stage else "")
-    query = "&".join(f"{k}={v}" for k, v in sorted(options.items()))
+    query = "&".join(f"{k}={int(v) if isinstance(v, bool) else v}"
+                     for k, v in sorted(options.items()))
     return head + (f"?{query}" if query else "") + f"#{weights}"
-
-
-def resolve_options(
-    spec: Spec, defaults: dict[str, str], choices: dict[str, tuple[str, ...]] | None = None
-) -> dict[str, str]:
-    """Merge spec options over defaults; an unknown key or value is a UserError listing choices."""
-    unknown = sorted(set(spec.options) - set(defaults))
-    if unknown:
-        valid = ", ".join(sorted(defaults)) or "none"
-        raise UserError(f"unknown option(s) {', '.join(unknown)} in spec {spec.text!r}; "
-                        f"valid: {valid}")
-    merged = {**defaults, **spec.options}
-    for key, allowed in (choices or {}).items():
-        if merged[key] not in allowed:
-            raise UserError(f"bad value {key}={merged[key]!r} in spec {spec.text!r}; "
-                            f"valid: {', '.join(allowed)}")
-    return merged
-
-
-def int_option(spec: Spec, options: dict[str, str], key: str) -> int:
-    """Read a positive integer option, or raise a UserError naming the spec."""
-    try:
-        value = int(options[key])
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise UserError(f"option {key} in spec {spec.text!r} must be a positive integer")
-    return value
 
 
 def reject_stage(spec: Spec) -> None:
     """Stages (``@stageN``) exist only for the bundled CNNs; anything else is a UserError."""
     if spec.stage:
-        raise UserError(f"spec {spec.text!r}: '@{spec.stage}' stages exist only for bundled CNNs")
+        raise UserError(f"spec {str(spec)!r}: '@{spec.stage}' stages exist only for bundled CNNs")
 
 
 def released(out: VisionOutput) -> VisionOutput:

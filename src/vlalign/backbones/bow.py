@@ -15,38 +15,29 @@ from collections import Counter
 
 import torch
 
-from vlalign.backbones.spec import Spec
-from vlalign.errors import UserError
+from vlalign.backbones.base import BaseTextEncoder, reject_stage
+from vlalign.spec import Option, Spec, validate_options
 
 _WORD = re.compile(r"[a-z0-9]+")
+OPTIONS = {"dim": Option(384, minimum=1), "bigrams": Option(True)}
 
 
-class HashedBagOfWords:
+class HashedBagOfWords(BaseTextEncoder):
     """Strings -> dim-d hashed word-count vectors (float32, not normalised)."""
 
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
-        unknown = sorted(set(spec.options) - {"dim", "bigrams"})
-        if unknown or spec.stage:
-            raise UserError(f"spec {spec.text!r}: bundled:bow takes options dim, bigrams only")
-        try:
-            self.dim = int(spec.options.get("dim", "384"))
-        except ValueError:
-            self.dim = 0
-        if self.dim <= 0:
-            raise UserError(f"spec {spec.text!r}: dim must be a positive integer")
-        self.bigrams = spec.options.get("bigrams", "1") not in ("0", "false", "no")
+        reject_stage(spec)
+        opts = validate_options(spec, OPTIONS)
+        self.dim = opts["dim"]
+        self.bigrams = opts["bigrams"]
         self.identity = f"bundled:bow?dim={self.dim}&bigrams={int(self.bigrams)}"
-        self.device = torch.device(device)
-
-    def to(self, device: torch.device | str) -> HashedBagOfWords:
-        self.device = torch.device(device)
-        return self
+        self.to(device)
 
     def _bucket(self, term: str) -> tuple[int, float]:
         digest = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little")
         return digest % self.dim, 1.0 if (digest >> 63) & 1 else -1.0
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         """B x dim hashed term counts with sub-linear weighting."""
         out = torch.zeros(len(texts), self.dim)
         for row, text in enumerate(texts):
@@ -55,4 +46,4 @@ class HashedBagOfWords:
             for term, count in Counter(terms).items():
                 bucket, sign = self._bucket(term)
                 out[row, bucket] += sign * (1.0 + math.log(count))
-        return out.to(self.device)
+        return out

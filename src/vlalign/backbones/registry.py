@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from vlalign.backbones import bundled
 from vlalign.backbones.base import TextEncoder, VisionEncoder
-from vlalign.backbones.spec import Spec, parse_spec
 from vlalign.errors import UserError
+from vlalign.spec import Grammar, Spec
 
 VISION_SCHEMES = ("bundled", "hf", "timm", "open_clip")
 TEXT_SCHEMES = ("bundled", "hf", "st", "open_clip")
+# ``scheme:name[@stage][?key=value&...]``; a trailing [a:b] is part of the name (a folder's).
+VISION = Grammar("scheme", VISION_SCHEMES, stage=True, options=True)
+TEXT = Grammar("scheme", TEXT_SCHEMES, stage=True, options=True)
 
 
 def _bundled(spec: Spec, table: dict, role: str, device: str) -> object:
@@ -20,7 +23,7 @@ def _bundled(spec: Spec, table: dict, role: str, device: str) -> object:
 
 def create_vision_encoder(spec: str, device: str = "cpu") -> VisionEncoder:
     """Build the frozen image encoder a spec names (``bundled:mobilenetv2``, ``hf:<dir>``, ...)."""
-    parsed = parse_spec(spec, VISION_SCHEMES)
+    parsed = VISION.parse(spec)
     if parsed.scheme == "bundled":
         return _bundled(parsed, bundled.VISION, "vision", device)
     if parsed.scheme == "hf":
@@ -38,7 +41,7 @@ def create_vision_encoder(spec: str, device: str = "cpu") -> VisionEncoder:
 
 def create_text_encoder(spec: str, device: str = "cpu") -> TextEncoder:
     """Build the frozen text encoder a spec names (``bundled:minilm``, ``st:<dir>``, ...)."""
-    parsed = parse_spec(spec, TEXT_SCHEMES)
+    parsed = TEXT.parse(spec)
     if parsed.scheme == "bundled":
         return _bundled(parsed, bundled.TEXT, "text", device)
     if parsed.scheme == "hf":
@@ -51,12 +54,12 @@ def create_text_encoder(spec: str, device: str = "cpu") -> TextEncoder:
         return load_st(parsed, device)
     from vlalign.backbones.open_clip_adapter import OpenCLIPText
 
-    return OpenCLIPText(parsed, device)
+    return OpenCLIPText.from_spec(parsed, device)
 
 
 def list_stages(spec: str) -> tuple[str, ...]:
     """Stage names a vision spec accepts after ``@`` (empty for encoders without stages)."""
-    parsed = parse_spec(spec, VISION_SCHEMES)
+    parsed = VISION.parse(spec)
     if parsed.scheme != "bundled":
         return ()
     return tuple(bundled.STAGES.get(parsed.name, ()))

@@ -13,19 +13,20 @@ from vlalign.backbones.base import (
     VisionOutput,
     feature_map_to_tokens,
     folder_weights_tag,
-    int_option,
     make_identity,
     pool_feature_map,
     pool_vit_tokens,
     reject_stage,
     released,
-    resolve_options,
 )
 from vlalign.backbones.hf import local_model_dir
-from vlalign.backbones.spec import Spec
 from vlalign.errors import UserError
+from vlalign.spec import Option, Spec, validate_options
 
 POOLS = ("auto", "clsmean", "cls", "mean", "avg", "max", "avgmax", "model")
+# size=0: the model's own input size; seed only matters with weights=random.
+OPTIONS = {"pool": Option("auto", POOLS), "weights": Option("pretrained", ("pretrained", "random")),
+           "seed": Option(0), "size": Option(0, minimum=0)}
 
 
 def _interpolation(name: str | None) -> str:
@@ -67,21 +68,20 @@ class TimmVisionEncoder:
 
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
-        opts = resolve_options(spec, {"pool": "auto", "weights": "pretrained", "seed": "0",
-                                      "size": "0"},
-                               {"pool": POOLS, "weights": ("pretrained", "random")})
+        opts = validate_options(spec, OPTIONS)
         import timm
 
         random = opts["weights"] == "random"
         name, folder = _resolve(spec, random)
-        kwargs = {"img_size": int_option(spec, opts, "size")} if opts["size"] != "0" else {}
+        kwargs = {"img_size": opts["size"]} if opts["size"] else {}
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(opts["seed"]))
+                torch.manual_seed(opts["seed"])
                 self.model = timm.create_model(name, pretrained=not random, num_classes=0,
                                                **kwargs)
         except (RuntimeError, OSError, ValueError, TypeError) as err:
-            raise UserError(f"cannot create timm model from spec {spec.text!r}: {err}") from err
+            raise UserError(f"cannot create timm model from spec {str(spec)!r}: {err}"
+                            ) from err
         self.model.eval().requires_grad_(False)
         if random:
             tag = f"random-seed{opts['seed']}"

@@ -1,9 +1,12 @@
-"""Dataset specs -> sources: ``NAME:SPLIT`` or ``SCHEME:PATH``, optionally ``[start:stop]``."""
+"""Dataset specs -> sources: ``NAME:SPLIT`` or ``SCHEME:PATH``, optionally ``[start:stop]``.
+
+These specs take no ``@stage`` or ``?options`` (``vlalign.spec``): a path may hold ``@`` and
+``?`` (a webdataset glob), and colons after the first are part of it.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,16 @@ from vlalign.data.files import CaptionFile
 from vlalign.data.image_folder import ImageFolder
 from vlalign.data.webdataset_source import WebDatasetShards
 from vlalign.errors import UserError
+from vlalign.spec import Grammar
 
 SPLITS = {"fashion-mnist": ("train", "test"), "emoji": ("train", "test", "all"),
           "digits": ("train", "test")}
 PATH_SCHEMES = ("csv", "jsonl", "folder", "wds")
 DATASETS = (*SPLITS, *PATH_SCHEMES)
+GRAMMAR = Grammar("dataset", DATASETS, slice=True,
+                  usage={**{k: "|".join(v) for k, v in SPLITS.items()},
+                         **dict.fromkeys(PATH_SCHEMES, "PATH")})
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-_SLICE = re.compile(r"\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]$")
 
 
 class Subset:
@@ -53,20 +59,9 @@ class Subset:
 
 def create_source(spec: str, data_root: str | Path = "data") -> Source:
     """Build the source a spec names, e.g. ``fashion-mnist:train[:10000]`` or ``csv:pairs.csv``."""
-    text = spec.strip()
-    match = _SLICE.search(text)
-    base = text[: match.start()] if match else text
-    scheme, colon, rest = base.partition(":")
-    if scheme not in DATASETS:
-        raise UserError(f"unknown dataset {scheme!r} in {spec!r}; valid: {', '.join(DATASETS)}")
-    if not colon or not rest:
-        what = "|".join(SPLITS[scheme]) if scheme in SPLITS else "PATH"
-        raise UserError(f"dataset spec {spec!r} needs {scheme}:{what}")
-    source = _build(scheme, rest, Path(data_root))
-    if match is None:
-        return source
-    start, stop = (int(bound) if bound else None for bound in match.groups())
-    return Subset(source, start, stop)
+    parsed = GRAMMAR.parse(spec)
+    source = _build(parsed.scheme, parsed.name, Path(data_root))
+    return source if parsed.slice is None else Subset(source, *parsed.slice)
 
 
 def _build(scheme: str, rest: str, data_root: Path) -> Source:

@@ -28,17 +28,17 @@ e.g. ``coco:/data/coco?split=val``, ``voc:/data/VOCdevkit[:100]``. A trailing ``
 keeps that slice of items (Python slice semantics), as for ordinary sources. A relative ``ROOT``
 that does not exist is also tried under ``data_root``. Any other scheme (``fashion-mnist:test``,
 ``emoji:test``, ``digits:test``, ``folder:``, ``csv:``, ...) goes to ``vlalign.data.create_source``
-unchanged, so ``create_benchmark`` resolves every evaluation dataset spec.
+unchanged (those take no options, so a ``?`` stays in their paths), so ``create_benchmark``
+resolves every evaluation dataset spec. Specs are parsed by ``vlalign.spec``.
 
-To add a scheme, add ``BENCHMARKS["name"] = builder`` where ``builder(rest, options, data_root)``
-gets the text between ``:`` and ``?`` (a path or split), the parsed options (a dict) and the data
-root, validates the options (``take_options``) and returns the reader.
+To add a scheme, add ``BENCHMARKS["name"] = (builder, options)``: ``options`` declares the
+options it takes (``vlalign.spec.Option``) and ``builder(rest, values, data_root)`` gets the text
+between ``:`` and ``?`` (a path or split), the typed option values and the data root.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,21 +52,11 @@ from vlalign.data.benchmarks.mmvp import MMVP
 from vlalign.data.benchmarks.voc import VOCSegmentation
 from vlalign.data.benchmarks.winoground import Winoground
 from vlalign.data.registry import DATASETS, Subset, create_source
-from vlalign.errors import UserError
+from vlalign.spec import Grammar, Option, Value, validate_options
 
 # A reader: a Source, PairSet or SegmentationSet.
 Benchmark = Any
-Builder = Callable[[str, dict[str, str], Path], Benchmark]
-_SLICE = re.compile(r"\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]$")
-
-
-def take_options(scheme: str, options: dict[str, str], defaults: dict[str, str]) -> dict[str, str]:
-    """``defaults`` updated by ``options``; a UserError for any option not in ``defaults``."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        valid = ", ".join(defaults) or "none"
-        raise UserError(f"unknown option {unknown[0]!r} for {scheme}; valid: {valid}")
-    return {**defaults, **options}
+Builder = Callable[[str, dict[str, Value], Path], Benchmark]
 
 
 def resolve_root(rest: str, data_root: Path) -> Path:
@@ -77,81 +67,68 @@ def resolve_root(rest: str, data_root: Path) -> Path:
     return path
 
 
-def _imagenet(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-    take_options("imagenet", options, {})
+def _imagenet(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
     return ImageNetVal(resolve_root(rest, data_root))
 
 
 def _karpathy(dataset: str) -> Builder:
-    def build(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-        split = take_options(dataset, options, {"split": "test"})["split"]
-        return KarpathyCaptions(resolve_root(rest, data_root), dataset, split)
+    def build(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
+        return KarpathyCaptions(resolve_root(rest, data_root), dataset, values["split"])
     return build
 
 
-def _winoground(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-    take_options("winoground", options, {})
+def _winoground(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
     return Winoground(resolve_root(rest, data_root))
 
 
-def _mmvp(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-    take_options("mmvp", options, {})
+def _mmvp(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
     return MMVP(resolve_root(rest, data_root))
 
 
 def _voc(background: bool) -> Builder:
-    def build(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-        scheme = "voc21" if background else "voc"
-        split = take_options(scheme, options, {"split": "val"})["split"]
-        return VOCSegmentation(resolve_root(rest, data_root), split, background=background)
+    def build(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
+        return VOCSegmentation(resolve_root(rest, data_root), values["split"],
+                               background=background)
     return build
 
 
-def _ade20k(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-    split = take_options("ade20k", options, {"split": "validation"})["split"]
-    return ADE20K(resolve_root(rest, data_root), split)
-
-
-def _int_options(scheme: str, options: dict[str, str], defaults: dict[str, str],
-                 numbers: tuple[str, ...]) -> dict[str, Any]:
-    """``take_options`` with the named options converted to int (a UserError if not)."""
-    values: dict[str, Any] = take_options(scheme, options, defaults)
-    for key in numbers:
-        if not values[key].lstrip("-").isdigit():
-            raise UserError(f"option {key}={values[key]!r} of {scheme} must be an integer")
-        values[key] = int(values[key])
-    return values
+def _ade20k(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
+    return ADE20K(resolve_root(rest, data_root), values["split"])
 
 
 def _emoji_pairs(style: str) -> Builder:
-    def build(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-        scheme = "emoji-pairs" if style == "names" else "emoji-mmvp"
-        values = _int_options(scheme, options, {"per_tag": "100", "seed": "0"},
-                              ("per_tag", "seed"))
+    def build(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
         return EmojiPairs(data_root / "emoji", rest, style, **values)
     return build
 
 
-def _emoji_canvas(rest: str, options: dict[str, str], data_root: Path) -> Benchmark:
-    defaults = {"by": "name", "count": "200", "classes": "20", "seed": "0", "size": "224"}
-    values = _int_options("emoji-canvas", options, defaults, ("count", "classes", "seed", "size"))
+def _emoji_canvas(rest: str, values: dict[str, Value], data_root: Path) -> Benchmark:
     return EmojiCanvases(data_root / "emoji", rest, **values)
 
 
-# scheme -> builder(rest, options, data_root).
-BENCHMARKS: dict[str, Builder] = {
-    "emoji-pairs": _emoji_pairs("names"),
-    "emoji-mmvp": _emoji_pairs("statements"),
-    "emoji-canvas": _emoji_canvas,
-    "imagenet": _imagenet,
-    "coco": _karpathy("coco"),
-    "flickr30k": _karpathy("flickr30k"),
-    "winoground": _winoground,
-    "mmvp": _mmvp,
-    "voc": _voc(background=False),
-    "voc21": _voc(background=True),
-    "ade20k": _ade20k,
+# Splits and groupings are checked by the readers, which know the valid ones.
+PAIRS = {"per_tag": Option(100), "seed": Option(0)}
+CANVAS = {"by": Option("name"), "count": Option(200), "classes": Option(20), "seed": Option(0),
+          "size": Option(224)}
+
+# scheme -> (builder(rest, values, data_root), the options it takes).
+BENCHMARKS: dict[str, tuple[Builder, dict[str, Option]]] = {
+    "emoji-pairs": (_emoji_pairs("names"), PAIRS),
+    "emoji-mmvp": (_emoji_pairs("statements"), PAIRS),
+    "emoji-canvas": (_emoji_canvas, CANVAS),
+    "imagenet": (_imagenet, {}),
+    "coco": (_karpathy("coco"), {"split": Option("test")}),
+    "flickr30k": (_karpathy("flickr30k"), {"split": Option("test")}),
+    "winoground": (_winoground, {}),
+    "mmvp": (_mmvp, {}),
+    "voc": (_voc(background=False), {"split": Option("val")}),
+    "voc21": (_voc(background=True), {"split": Option("val")}),
+    "ade20k": (_ade20k, {"split": Option("validation")}),
 }
+# Ordinary dataset schemes are listed too, for the message about an unknown one.
+GRAMMAR = Grammar("dataset", (*BENCHMARKS, *DATASETS), options=True, slice=True,
+                  usage={**dict.fromkeys(BENCHMARKS, "ROOT"),
+                         **dict.fromkeys(("emoji-pairs", "emoji-mmvp", "emoji-canvas"), "SPLIT")})
 
 
 class BenchmarkSubset(Subset):
@@ -169,37 +146,11 @@ class BenchmarkSubset(Subset):
         self.fingerprint = hashlib.sha1(f"{base}[{self.start}:{self.stop}]".encode()).hexdigest()
 
 
-def parse_options(spec: str, text: str) -> dict[str, str]:
-    """``key=value&key=value`` -> dict; a UserError naming the spec when malformed."""
-    options: dict[str, str] = {}
-    for part in filter(None, text.split("&")):
-        key, equals, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not equals or not key or not value:
-            raise UserError(f"bad option {part!r} in {spec!r}; expected KEY=VALUE")
-        if key in options:
-            raise UserError(f"option {key!r} given twice in {spec!r}")
-        options[key] = value
-    return options
-
-
 def create_benchmark(spec: str, data_root: str | Path = "data") -> Benchmark:
     """The reader a spec names (see the module docstring), else ``create_source(spec)``."""
-    text = spec.strip()
-    scheme, colon, _ = text.partition(":")
-    scheme = scheme.strip().lower()
-    if scheme not in BENCHMARKS:
-        if scheme not in DATASETS:
-            valid = ", ".join([*BENCHMARKS, *DATASETS])
-            raise UserError(f"unknown dataset {scheme!r} in {spec!r}; valid: {valid}")
-        return create_source(text, data_root)
-    match = _SLICE.search(text)
-    base = text[: match.start()] if match else text
-    rest, _, option_text = base.partition(":")[2].partition("?")
-    if not colon or not rest.strip():
-        raise UserError(f"dataset spec {spec!r} needs {scheme}:ROOT")
-    bench = BENCHMARKS[scheme](rest.strip(), parse_options(spec, option_text), Path(data_root))
-    if match is None:
-        return bench
-    start, stop = (int(bound) if bound else None for bound in match.groups())
-    return BenchmarkSubset(bench, start, stop)
+    if GRAMMAR.scheme(spec) not in BENCHMARKS:
+        return create_source(spec, data_root)
+    parsed = GRAMMAR.parse(spec)
+    build, options = BENCHMARKS[parsed.scheme]
+    bench = build(parsed.name, validate_options(parsed, options), Path(data_root))
+    return bench if parsed.slice is None else BenchmarkSubset(bench, *parsed.slice)
