@@ -2,14 +2,19 @@
 0.75 versus the EVA-02-style MIM baseline (all 196 tokens, masked ones replaced by [MASK]) and
 plain feature distillation (no masking), on one student, in one run.
 
-A step is forward + loss + backward + AdamW update on random pixels and random teacher targets
-(the teacher's forward is the same for every method and is not timed; masks are drawn before
-the clock starts), under bf16 autocast (``--precision auto``, the default, falls back to fp32 on
-CPUs where bf16 is slow; see vlalign/utils/precision.py). The methods are timed in interleaved
-rounds, so a background load shifts all of them alike; each row is the median over rounds,
-with images/s, tokens run per image and the ratio to the MIM step (the issue's target: UTA at
-0.5 costs at most 0.6 of it). MIM's cost does not depend on its ratio (every token runs), so it
-is timed once, at 0.5.
+A step is the training engine's own step (``vlalign.train.loop.fit``): the objective's forward
+and loss (``vlalign.uta.train.Distiller``) under the run's autocast, the finite checks,
+backward, clipping, the learning guard and the AdamW update of the UTA recipe, with one metrics
+line per step. The task is synthetic and in memory: random pixels and random teacher targets
+made once on the device (the teacher's forward is the same for every method and is not timed),
+masks drawn before the run starts. Times are the engine's per-step ``compute_s`` from its
+metrics.jsonl. Precision: bf16 autocast (``--precision auto``, the default, falls back to fp32
+on CPUs where bf16 is slow; see vlalign/train/precision.py). The methods are timed in
+interleaved rounds within one engine run (one student, one optimiser: step k runs method
+k mod 5), so a background load shifts all of them alike; round 0 warms every method up and is
+not counted; each row is the median over the timed rounds, with images/s, tokens run per image
+and the ratio to the MIM step (the issue's target: UTA at 0.5 costs at most 0.6 of it). MIM's
+cost does not depend on its ratio (every token runs), so it is timed once, at 0.5.
 
     .venv/bin/python bench/uta_step.py [--batch 8] [--steps 3] [--device cpu|cuda]
                                        [--precision auto|bf16|fp32] [--threads N]
@@ -18,21 +23,86 @@ is timed once, at 0.5.
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
+from typing import NamedTuple
 
 import torch
+from torch import nn
 
 import vlalign  # noqa: F401
-from common import machine, matmul_rate, print_table, sync, write_results  # noqa: I001
-from vlalign.sail.config import OptimConfig
+from common import (
+    SyntheticTask,
+    engine_compute_times,
+    machine,
+    matmul_rate,
+    print_table,
+    write_results,
+)
+from vlalign.config import to_dict
+from vlalign.train.config import TrainSettings
+from vlalign.train.precision import resolve_precision
+from vlalign.train.task import StepOutput
+from vlalign.uta.config import UtaConfig
 from vlalign.uta.masking import sample_keep
-from vlalign.uta.student import create_student
+from vlalign.uta.student import UTAStudent, create_student
 from vlalign.uta.teachers import TeacherOutput
-from vlalign.uta.train import Distiller, create_optimizer
-from vlalign.utils.precision import resolve_precision
+from vlalign.uta.train import Distiller, StudentBatch
 
 GRID = (14, 14)  # 224 / 16
 METHODS = [("uta", 0.25), ("uta", 0.5), ("uta", 0.75), ("mim", 0.5), ("distill", 0.0)]
+
+
+class MethodBatch(NamedTuple):
+    """A step's batch and the index (in ``METHODS``) of the objective that trains on it."""
+
+    method: int
+    batch: StudentBatch
+
+
+class Methods(nn.Module):
+    """One student and a ``Distiller`` per method: a batch runs the objective it names."""
+
+    def __init__(self, student: UTAStudent) -> None:
+        super().__init__()
+        self.student = student  # parameter names "student.*", as in UtaTask
+        # a plain list, not a ModuleList: the shared student is registered once, above
+        self.distillers = [Distiller(student, objective, cls_weight=1.0)
+                           for objective, _ in METHODS]
+
+    def forward(self, batch: MethodBatch) -> StepOutput:
+        return self.distillers[batch.method](batch.batch)
+
+
+class SyntheticUtaTask(SyntheticTask):
+    """The interleaved methods on one batch of random pixels and teacher targets."""
+
+    name, unit = "bench uta", "img"
+
+    def __init__(self, student: UTAStudent, device: torch.device, batch: int, rounds: int,
+                 teacher_dim: int) -> None:
+        n = GRID[0] * GRID[1]
+        pixels = torch.randn(batch, 3, 224, 224, device=device)
+        targets = TeacherOutput(torch.randn(batch, n, teacher_dim, device=device),
+                                torch.randn(batch, teacher_dim, device=device), GRID)
+        batches = []
+        for round_ in range(rounds + 1):  # round 0 warms every method up
+            for i, (objective, ratio) in enumerate(METHODS):
+                keep = None
+                if objective != "distill":
+                    keep = sample_keep(batch, GRID, ratio, "reversed_block",
+                                       generator=round_).to(device)
+                batches.append(MethodBatch(i, StudentBatch(pixels, keep, targets, 0, 0.0)))
+        super().__init__(Methods(student), device, batches, batch)
+        self.rounds, self.done = rounds, 0
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"student.{name}" for name in self.module.student.no_weight_decay()}
+
+    def after_step(self) -> None:
+        super().after_step()
+        self.done += 1
+        if self.done % len(METHODS) == 0:
+            print(f"round {self.done // len(METHODS) - 1}/{self.rounds} done", flush=True)
 
 
 def main() -> None:
@@ -48,64 +118,41 @@ def main() -> None:
                         help="torch CPU threads (default: torch's; 1 avoids oversubscription "
                         "on a machine busy with other work)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     student = create_student("base", args.teacher_dim, mask_token=True).to(device)
-    optimizer = create_optimizer(student, OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05))
     b, n = args.batch, GRID[0] * GRID[1]
-    pixels = torch.randn(b, 3, 224, 224, device=device)
-    targets = TeacherOutput(torch.randn(b, n, args.teacher_dim, device=device),
-                            torch.randn(b, args.teacher_dim, device=device), GRID)
     precision = resolve_precision(args.precision, device)
-    autocast = precision == "bf16"
-
-    def step_fn(objective: str, ratio: float, round_: int):
-        distiller = Distiller(student, objective, cls_weight=1.0)
-        keep = None
-        if objective != "distill":
-            keep = sample_keep(b, GRID, ratio, "reversed_block", generator=round_).to(device)
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = distiller(pixels, keep, targets).total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return step
-
-    times: dict[int, list[float]] = {i: [] for i in range(len(METHODS))}
-    for round_ in range(args.steps + 1):  # round 0 warms every method up
-        for i, (objective, ratio) in enumerate(METHODS):
-            step = step_fn(objective, ratio, round_)
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            if round_:
-                times[i].append(time.perf_counter() - start)
-        print(f"round {round_}/{args.steps} done", flush=True)
+    settings = TrainSettings(optim=UtaConfig().optim, batch_size=b, precision=precision,
+                             device=args.device)
+    task = SyntheticUtaTask(student, device, b, args.steps, args.teacher_dim)
+    steps = (args.steps + 1) * len(METHODS)
+    compute_s = engine_compute_times(task, settings, steps, to_dict(settings))
 
     rows = []
     for i, (objective, ratio) in enumerate(METHODS):
-        seconds = sorted(times[i])[len(times[i]) // 2]
+        times = compute_s[len(METHODS) + i::len(METHODS)]  # this method's timed rounds
+        seconds = statistics.median(times)
         kept = round((1 - ratio) * n) if objective == "uta" else n
         rows.append({"method": objective, "mask_ratio": ratio, "tokens": kept + 1,
                      "step_s": seconds, "img_per_s": b / seconds})
     mim = next(r["step_s"] for r in rows if r["method"] == "mim")
     for row in rows:
         row["vs_mim"] = row["step_s"] / mim
-    dtype = torch.bfloat16 if autocast else torch.float32
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_rate(dtype, device, n=2048)
     info = machine()
     print(f"\nmachine: {info}\n{precision} matmul rate: {peak / 1e9:.0f} GFLOP/s; "
-          f"ViT-B/16 student, batch {b}, {args.device}")
+          f"ViT-B/16 student, batch {b}, {args.device}, the engine's step")
     print_table(rows, ["method", "mask_ratio", "tokens", "step_s", "img_per_s", "vs_mim"])
     path = write_results("uta_step", {
         "machine": info, "device": args.device, "precision": precision, "batch": b,
-        "rounds": args.steps, "matmul_flops": peak, "rows": rows})
+        "rounds": args.steps, "matmul_flops": peak, "optim": to_dict(settings.optim),
+        "rows": rows})
     print(f"\nwritten {path}")
 
 
