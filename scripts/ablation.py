@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vlalign.config import load_config
 from vlalign.eval.stored import evaluate_store
-from vlalign.model import AlignmentHeads
+from vlalign.sail.artifact import AlignmentHeads
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import FeatureStore

@@ -29,7 +29,7 @@ from vlalign.data import create_source
 from vlalign.eval.finetune import FinetuneConfig, finetune
 from vlalign.eval.run import Job, run_suite
 from vlalign.eval.tasks import Context
-from vlalign.model import load_model
+from vlalign.models import load_model
 from vlalign.store import EncodeOptions, encode_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ DATA = ["fashion-mnist:train[:20000]", "emoji:train"]  # configs/uta-offline.yam
 def encode_token_stores(out: Path, teacher_run: Path, data: list[str]) -> list[Path]:
     """The teacher backbone's token maps of every training source (resumable encode)."""
     model = load_model(teacher_run)
-    specs = (model.heads.config["vision"]["spec"], model.heads.config["text"]["spec"])
+    specs = (model.heads.config.vision.spec, model.heads.config.text.spec)
     stores = []
     for spec in data:
         store = out / "stores" / spec.replace(":", "_").replace("[", "").replace("]", "")

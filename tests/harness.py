@@ -1,14 +1,14 @@
 """Harness for the fault and multi-process tests: children forked from a warm forkserver.
 
 Importing torch and vlalign takes seconds on 2 cores; the forkserver pays that once and each
-child is a fork (tens of ms). A child runs one job (``encode``, ``train`` or ``uta``) on the
-tiny bundled encoders, optionally as rank r of a gloo group, optionally with a kill switch: the
-child counts *events* (every atomic file write, twice: once written but not yet renamed, once
-renamed; every unlink; every training step and encode batch) and SIGKILLs itself at a chosen
-one. At a ``-mid`` event the temporary file is first truncated to a chosen fraction, as a kill
-in the middle of the write would leave it. Between two events a process changes nothing on
-disk, so killing at events reaches every state a kill at any moment can leave. A run records its
-event labels.
+child is a fork (tens of ms). A child runs one job (``encode``, ``train``, ``uta`` or
+``finetune``) on the tiny bundled encoders, optionally as rank r of a gloo group, optionally
+with a kill switch: the child counts *events* (every atomic file write, twice: once written but
+not yet renamed, once renamed; every unlink; every training step and encode batch) and SIGKILLs
+itself at a chosen one. At a ``-mid`` event the temporary file is first truncated to a chosen
+fraction, as a kill in the middle of the write would leave it. Between two events a process
+changes nothing on disk, so killing at events reaches every state a kill at any moment can
+leave. A run records its event labels.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch._dynamo  # noqa: F401  (optimisers import it on their first step: p
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.config import from_dict
 from vlalign.data import create_source
+from vlalign.eval import finetune as finetune_module
 from vlalign.sail import train as train_module
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
@@ -47,6 +48,8 @@ UTA = {"student": {"dim": 32, "depth": 1, "heads": 2}, "data": ["digits:train[:6
        "batch_size": 8, "epochs": 2, "optim": {"name": "adamw", "lr": 3e-3},
        "checkpoint_every": 3, "log_every": 1, "precision": "fp32", "num_threads": 1,
        "device": "cpu"}
+FINETUNE = {"mode": "full", "batch_size": 8, "epochs": 2, "checkpoint_every": 3, "log_every": 1,
+            "precision": "fp32", "device": "cpu"}
 create_source("digits:train")  # loads scikit-learn's digits once, in the forkserver
 
 
@@ -95,6 +98,7 @@ class KillSwitch:
         original_path, original_unlink = files.atomic_path, Path.unlink
         forward = train_module.SailModule.forward
         distil = uta_module.Distiller.forward
+        cross_entropy = finetune_module.CrossEntropy.forward
 
         @contextmanager
         def atomic_path(path: Path):
@@ -107,18 +111,23 @@ class KillSwitch:
             self.event(f"unlink-{path.name}")
             original_unlink(path, missing_ok=missing_ok)
 
-        def step(module: Any, images: torch.Tensor, texts: dict[str, torch.Tensor]):
+        def step(module: Any, batch: Any):
             self.event("step")
-            return forward(module, images, texts)
+            return forward(module, batch)
 
         def uta_step(module: Any, *args: Any):
             self.event("step")
             return distil(module, *args)
 
+        def finetune_step(module: Any, *args: Any):
+            self.event("step")
+            return cross_entropy(module, *args)
+
         files.atomic_path = atomic_path
         Path.unlink = unlink
         train_module.SailModule.forward = step
         uta_module.Distiller.forward = uta_step
+        finetune_module.CrossEntropy.forward = finetune_step
 
 
 def encode(out: Path, data: str, switch: KillSwitch | None = None, vision_spec: str = VISION,
@@ -170,6 +179,10 @@ def job(kind: str, args: dict[str, Any], kill_at: int | None = None, cut: float 
     elif kind == "uta":
         config = from_dict(UtaConfig, {**UTA, "teacher": f"sail:{args.pop('teacher')}"})
         uta_module.train_uta(config, Path(args.pop("run")), progress=False, **args)
+    elif kind == "finetune":
+        config = from_dict(finetune_module.FinetuneConfig, FINETUNE)
+        finetune_module.finetune(args.pop("model"), "digits:train[:64]", "digits:test[:32]",
+                                 config, Path(args.pop("run")), progress=False, **args)
     else:
         config = train_config(Path(args.pop("store")), **args.pop("config", {}))
         train_sail(config, Path(args.pop("run")), progress=False, **args)

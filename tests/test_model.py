@@ -1,30 +1,27 @@
-"""The assembled model: save/load round trip, CLIP-style interface, dense per-token embeddings."""
+"""The assembled models: save/load round trip, CLIP-style interface, dense per-token embeddings,
+heads.json's layout, and ``vlalign.load_model`` on SAIL and UTA models."""
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from PIL import Image
 
-from vlalign.backbones import create_text_encoder, create_vision_encoder
+import vlalign
+from tiny_models import TEXT, VISION, sail_model, save_sail_teacher
 from vlalign.errors import UserError
-from vlalign.model import AlignmentHeads, VLModel, load_model
-from vlalign.sail.heads import create_head
+from vlalign.models import load_model
+from vlalign.sail.artifact import HeadsConfig
+from vlalign.uta.artifact import save_student, student_record
+from vlalign.uta.student import create_student
+from vlalign.uta.teachers import create_teacher
 
-VISION, TEXT = "bundled:mobilenetv2?size=64&runtime=torch", "bundled:bow?dim=32"
 
-
-def _model(kind: str = "linear") -> VLModel:
-    vision, text = create_vision_encoder(VISION), create_text_encoder(TEXT)
-    torch.manual_seed(0)
-    options = {"width_factor": 2} if kind == "glu" else {}
-    config = {"method": "sail", "embed_dim": 16,
-              "vision": {"spec": VISION, "identity": vision.identity, "dim": vision.dim},
-              "text": {"spec": TEXT, "identity": text.identity, "dim": text.dim}}
-    vision_head = create_head(kind, vision.dim, 16, **options)
-    text_head = create_head(kind, text.dim, 16, **options)
-    config |= {"vision_head": vision_head.config, "text_head": text_head.config}
-    return VLModel(vision, text, AlignmentHeads(vision_head, text_head, config))
+def _model(kind: str = "linear"):
+    return sail_model(kind, **({"width_factor": 2} if kind == "glu" else {}))
 
 
 def _images() -> list[Image.Image]:
@@ -71,3 +68,53 @@ def test_loading_refuses_other_weights_and_non_models(tmp_path):
     (tmp_path / "m" / "heads.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="heads were trained on"):
         load_model(tmp_path / "m")
+
+
+def test_heads_json_keeps_the_trainers_layout():
+    """A heads.json as `vlalign train sail` writes it parses and is written back unchanged."""
+    saved = {"method": "sail", "step": 60, "embed_dim": 32,
+             "vision_head": {"kind": "glu", "in_dim": 64, "out_dim": 32, "width_factor": 2},
+             "text_head": {"kind": "glu", "in_dim": 64, "out_dim": 32, "width_factor": 2},
+             "loss": "sigmoid",
+             "vision": {"spec": VISION, "identity": "v#1", "dim": 64,
+                        "preprocess": {"size": 8, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                       "interpolation": "bicubic"}},
+             "text": {"spec": TEXT, "identity": "t#1", "dim": 64}}
+    config = HeadsConfig.from_dict(saved)
+    assert config.vision.spec == VISION and config.text.preprocess is None
+    assert config.to_dict() == saved
+
+
+def test_vlalign_load_model_opens_sail_and_uta_models(tmp_path):
+    sail_dir = save_sail_teacher(tmp_path / "sail")
+    sail = vlalign.load_model(sail_dir)
+    assert isinstance(sail, vlalign.VLModel) and vlalign.load_model is load_model
+    torch.testing.assert_close(sail.encode_image(_images()), _model().encode_image(_images()))
+    control = vlalign.load_model(f"random-heads:{sail_dir}")
+    assert control.heads.config == replace(sail.heads.config, untrained_seed=0)
+    # the tiny teacher's heads are fresh seed-0 heads too, so the control equals it exactly
+    torch.testing.assert_close(control.encode_image(_images()), sail.encode_image(_images()))
+
+    teacher = create_teacher(f"sail:{sail_dir}")
+    torch.manual_seed(0)
+    student = create_student("tiny", 16, img_size=64, patch_size=32, dim=32, depth=1,
+                             heads=2).eval()
+    info = {"objective": "uta", "step": 7}
+    save_student(tmp_path / "uta", student, teacher, f"sail:{sail_dir}", info)
+    saved = json.loads((tmp_path / "uta" / "uta.json").read_text())
+    assert saved == student_record(student, teacher, f"sail:{sail_dir}", info)
+    uta = vlalign.load_model(tmp_path / "uta")
+    assert isinstance(uta, vlalign.UTAModel) and uta.info == info and uta.config == saved
+    pixels = torch.stack([uta.preprocess(image) for image in _images()])
+    with torch.no_grad():
+        torch.testing.assert_close(uta.encode_image(_images()), student(pixels).cls)
+    torch.testing.assert_close(uta.encode_text(["a red square"]),
+                               sail.encode_text(["a red square"]))
+
+
+def test_import_vlalign_loads_the_models_on_first_use():
+    code = ("import sys, vlalign; assert 'vlalign.models' not in sys.modules; "
+            "vlalign.load_model; assert 'vlalign.models' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        vlalign.nothing  # noqa: B018

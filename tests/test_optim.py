@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlalign.errors import UserError
-from vlalign.sail.optim import Lion, cosine_lr, create_optimizer
+from vlalign.train.optim import Lion, cosine_lr, create_optimizer
 
 
 def test_lion_matches_the_reference_update():
@@ -36,9 +36,16 @@ def test_cosine_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
-def test_weight_decay_skips_vectors_and_unknown_optimizer_errors():
+def test_weight_decay_skips_vectors_and_named_parameters_and_unknown_optimizer_errors():
     matrix, vector = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
-    optimizer = create_optimizer("adamw", [matrix, vector], 1e-3, 0.5, (0.9, 0.99))
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
-    with pytest.raises(UserError, match="unknown optimizer 'sgd'"):
-        create_optimizer("sgd", [matrix], 1e-3, 0.0, (0.9, 0.99))
+    position, frozen = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(2, 2))
+    frozen.requires_grad_(False)
+    named = [("w", matrix), ("b", vector), ("pos_embed", position), ("frozen", frozen)]
+    optimizer = create_optimizer("adamw", named, 1e-3, 0.5, (0.9, 0.99), eps=1e-6,
+                                 no_weight_decay={"pos_embed"})
+    decay, no_decay = optimizer.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.5, 0.0)
+    assert decay["params"] == [matrix] and no_decay["params"] == [vector, position]
+    assert decay["eps"] == 1e-6  # AdamW's eps is passed through (EVA-02 uses 1e-6)
+    with pytest.raises(UserError, match="unknown optimizer 'sgd'; valid: lion, adamw"):
+        create_optimizer("sgd", [("w", matrix)], 1e-3, 0.0, (0.9, 0.99))

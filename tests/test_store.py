@@ -95,14 +95,17 @@ def test_batch_stream_is_deterministic_disjoint_and_resumable(tmp_path):
     data = StoreMix([store, store])
     stream = BatchStream(data, batch_size=64, kinds=["raw"], seed=3)
     assert stream.steps_per_epoch == 600 // 64
-    epoch = np.concatenate([stream.rows(s) for s in range(stream.steps_per_epoch)])
+    epoch = np.concatenate([stream.order.rows_of(s) for s in range(stream.steps_per_epoch)])
     assert len(np.unique(epoch)) == len(epoch)  # no repeats within an epoch
     full = [b.images for b in stream.iterate(0, 12)]
     resumed = [b.images for b in BatchStream(data, 64, ["raw"], seed=3).iterate(7, 12)]
     for a, b in zip(full[7:], resumed):
         assert (a == b).all()
-    halves = [BatchStream(data, 64, ["raw"], 3, rank=r, world_size=2).rows(5) for r in (0, 1)]
-    np.testing.assert_array_equal(np.concatenate(halves), stream.rows(5))
+    prefetched = [b.images for b in BatchStream(data, 64, ["raw"], 3, prefetch=2).iterate(0, 12)]
+    assert all((a == b).all() for a, b in zip(full, prefetched, strict=True))  # the GPU path
+    halves = [BatchStream(data, 64, ["raw"], 3, rank=r, world_size=2).order.rows_of(5)
+              for r in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), stream.order.rows_of(5))
 
 
 def test_mixing_stores_of_different_backbones_is_refused(tmp_path):

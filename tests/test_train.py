@@ -10,9 +10,11 @@ from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.data import create_source
 from vlalign.errors import UserError
 from vlalign.eval.stored import store_evaluator
-from vlalign.sail.config import HeadConfig, OptimConfig, SailConfig
+from vlalign.sail.config import HeadConfig, SailConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, encode_store
+from vlalign.train.config import OptimConfig
+from vlalign.utils.checkpoint import load_tensors
 
 VISION, TEXT = "bundled:pixels?size=8", "bundled:bow?dim=64"
 
@@ -45,6 +47,10 @@ def test_training_learns_the_digits(digit_store, tmp_path):
     assert metrics["val/digits:train/acc1"] > 0.5  # chance is 0.1
     heads = json.loads((tmp_path / "run" / "heads.json").read_text())
     assert heads["vision"]["spec"] == VISION and heads["vision_head"]["kind"] == "glu"
+    assert set(heads) == {"method", "step", "embed_dim", "vision_head", "text_head", "loss",
+                          "vision", "text"}
+    tensors = load_tensors(tmp_path / "run" / "heads.safetensors")
+    assert {"loss.log_scale", "loss.bias"} <= set(tensors)  # the loss's scale and bias are kept
 
 
 def test_existing_run_needs_resume(digit_store, tmp_path):

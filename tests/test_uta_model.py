@@ -1,4 +1,4 @@
-"""UTAModel: VLModel's interface on a student + teacher text side, save/load without pickle,
+"""UTAModel: the CLIP-like interface on a student + teacher text side, save/load without pickle,
 the evaluation suite on it, and fine-tuning (linear probe, full, from scratch)."""
 
 import json
@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from test_uta_train import save_sail_teacher, tiny_config
+from vlalign.backbones.base import image_to_tensor
 from vlalign.data import create_source
 from vlalign.data.benchmarks.registry import create_benchmark
+from vlalign.data.templates import format_prompt, templates_for
 from vlalign.errors import UserError
-from vlalign.eval.finetune import FinetuneConfig, finetune
+from vlalign.eval import linear_probe, segmentation
+from vlalign.eval.finetune import Classifier, FinetuneConfig, finetune
 from vlalign.eval.tasks import Context, zeroshot_classification, zeroshot_segmentation
-from vlalign.model import load_model
-from vlalign.uta.model import UTAModel
+from vlalign.models import UTAModel, load_model
+from vlalign.uta.artifact import load_student
+from vlalign.uta.student import UTAStudent
 from vlalign.uta.teachers import create_teacher
 from vlalign.uta.train import train_uta
+from vlalign.utils.checkpoint import load_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EMOJI = Path("data") / "emoji" / "emoji.json"
@@ -33,6 +38,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _images(n: int = 3) -> list:
     source = create_source("digits:test")
     return [source.load(i).image for i in range(n)]
+
+
+def _labelled(spec: str, preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item of a labelled source as preprocessed pixels, and the labels."""
+    source = create_source(spec)
+    items = [source.load(i) for i in range(len(source))]
+    pixels = torch.stack([image_to_tensor(item.image, preprocess) for item in items])
+    return pixels, torch.tensor([item.label for item in items])
 
 
 def test_save_load_round_trip_and_clip_interface(run: Path, tmp_path: Path) -> None:
@@ -68,27 +81,55 @@ def test_a_changed_teacher_is_refused(run: Path, tmp_path: Path) -> None:
         finetune(tmp_path / "nowhere", "digits:train[:8]", "digits:test[:8]", FinetuneConfig())
 
 
-def test_evaluation_suite_tasks_run_on_it(run: Path) -> None:
+def test_evaluation_suite_tasks_equal_the_models_own_predictions(run: Path) -> None:
     model = load_model(run)
     context = Context(batch_size=16, progress=False)
-    metrics = zeroshot_classification(model, create_source("digits:test[:24]"), None,
-                                      context).metrics
-    assert 0.0 <= metrics["acc1"] <= 1.0 and metrics["skipped"] == 0
+    digits = create_source("digits:test[:24]")
+    metrics = zeroshot_classification(model, digits, None, context).metrics
+    pixels, labels = _labelled("digits:test[:24]", model.image_preprocess)
+    probs = model.classify(pixels, digits.class_names, templates_for(digits.name))
+    assert metrics["acc1"] == pytest.approx((probs.argmax(dim=1) == labels).float().mean().item())
+    assert metrics["skipped"] == 0
     if not EMOJI.is_file():
         pytest.skip("emoji data not installed (make install)")
     canvases = create_benchmark("emoji-canvas:test?by=subcategory&count=2", "data")
-    assert 0.0 <= zeroshot_segmentation(model, canvases, None, context).metrics["miou"] <= 1.0
+    result = zeroshot_segmentation(model, canvases, None, context)
+    templates = templates_for(canvases.name)
+    prompts = [format_prompt(t, c) for c in canvases.class_names for t in templates]
+    classes = model.encode_text(prompts, normalize=True).view(len(canvases.class_names),
+                                                              len(templates), -1).mean(dim=1)
+    items = [canvases.load(i) for i in range(len(canvases))]
+    tokens, grid = model.encode_image_tokens([item.image for item in items])
+    accumulator = segmentation.ConfusionAccumulator(len(canvases.class_names))
+    for i, (item, patches) in enumerate(zip(items, tokens)):
+        logits = segmentation.dense_logits(patches[None], grid, classes, item.mask.shape)
+        predicted = logits[0].argmax(dim=0).numpy()
+        assert (predicted == result.arrays[f"pred_{i}"]).mean() > 0.999
+        accumulator.update(predicted, item.mask)
+    assert result.metrics["miou"] == pytest.approx(accumulator.metrics()["miou"], abs=1e-3)
 
 
 def test_finetune_linear_full_and_from_scratch(run: Path, tmp_path: Path) -> None:
     train, test = "digits:train[:48]", "digits:test[:24]"
     linear = finetune(run, train, test, FinetuneConfig(device="cpu"), progress=False)
-    assert 0.0 <= linear["metrics"]["lp_acc1"] <= 1.0
+    student, preprocess, _ = load_student(run)
+    (train_x, train_y), (test_x, test_y) = (_labelled(spec, preprocess) for spec in (train, test))
+    with torch.no_grad():  # the suite's linear probe on the student's features, computed here
+        probe = linear_probe.evaluate(student.forward_features(train_x), train_y,
+                                      student.forward_features(test_x), test_y)
+    assert linear["metrics"]["lp_acc1"] == pytest.approx(probe["lp_acc1"])
     for scratch in (False, True):
         config = FinetuneConfig(mode="full", from_scratch=scratch, epochs=2, batch_size=16,
                                 precision="fp32", device="cpu")
         record = finetune(run, train, test, config, out=tmp_path / str(scratch), progress=False)
-        assert record["metrics"]["steps"] == 6 and 0.0 <= record["metrics"]["acc1"] <= 1.0
+        classes = len(create_source(test).class_names)
+        classifier = Classifier(UTAStudent(student.config), classes).eval()
+        classifier.load_state_dict(load_tensors(tmp_path / str(scratch) /
+                                                "classifier.safetensors"))
+        with torch.no_grad():  # the reported accuracy is the saved classifier's
+            accuracy = (classifier(test_x).argmax(dim=1) == test_y).float().mean().item()
+        assert record["metrics"]["steps"] == 6
+        assert record["metrics"]["acc1"] == pytest.approx(accuracy)
         assert record["settings"]["from_scratch"] == scratch
         saved = json.loads((tmp_path / str(scratch) / "finetune.json").read_text())
         assert saved["metrics"] == record["metrics"]

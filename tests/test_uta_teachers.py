@@ -149,7 +149,7 @@ def sail_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sail_teacher_matches_the_model_and_trains_a_student(sail_dir: Path) -> None:
-    from vlalign.model import load_model
+    from vlalign.models import load_model
 
     teacher = create_teacher(f"sail:{sail_dir}")
     assert isinstance(teacher, Teacher) and teacher.dim == 16 and teacher.preprocess.size == 64

@@ -12,17 +12,17 @@ from tiny_models import TEXT, VISION, save_sail_teacher
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.data import create_source
 from vlalign.errors import StoreError, UserError
-from vlalign.model import load_model
+from vlalign.models import UTAModel, load_model
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
+from vlalign.train.guards import TrainingDiverged
+from vlalign.train.schedule import UNBOUNDED_STEPS, Schedule
 from vlalign.uta import train as train_module
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
 from vlalign.uta.data import ImageRows, StepBatches
-from vlalign.uta.model import UTAModel
 from vlalign.uta.targets import StoredTargets, cache_targets, pack_targets, unpack_targets
 from vlalign.uta.teachers import create_teacher
 from vlalign.uta.train import step_keep, train_uta
 from vlalign.utils.checkpoint import load_checkpoint, load_tensors
-from vlalign.utils.training import UNBOUNDED_STEPS, TrainingDiverged, step_limit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DATA = "digits:train[:64]"
@@ -193,8 +193,9 @@ def test_a_time_budget_replaces_epochs(teacher_dir: Path, tmp_path: Path) -> Non
     metrics = train_uta(config, tmp_path / "run", progress=False)
     assert metrics["epoch"] > 0.25 and metrics["train_s"] >= 2.0
     assert metrics["lr"] < 0.02 * config.optim.lr  # the cosine schedule reached its end
-    assert step_limit(10, 0.0) == 10 and step_limit(10, 0.0, max_steps=4) == 4
-    assert step_limit(10, 5.0) == UNBOUNDED_STEPS and step_limit(10, 5.0, max_steps=4) == 4
+    assert Schedule(10, 1.0).stop == 10 and Schedule(10, 1.0, max_steps=4).stop == 4
+    assert Schedule(10, 1.0, 5.0).stop == UNBOUNDED_STEPS
+    assert Schedule(10, 1.0, 5.0, max_steps=4).stop == 4
 
 
 def test_bad_config_values_are_one_line_errors(teacher_dir: Path, tmp_path: Path) -> None:

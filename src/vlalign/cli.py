@@ -60,7 +60,7 @@ def _train_sail(args: argparse.Namespace) -> None:
     from vlalign.sail.config import SailConfig
     from vlalign.sail.train import train_sail
 
-    overrides = list(args.set or [])
+    overrides = _overrides(args)
     if args.store:
         overrides.append(f"train_stores={json.dumps(args.store)}")
     if args.val_store:
@@ -81,8 +81,8 @@ def _train_uta(args: argparse.Namespace) -> None:
     from vlalign.uta.config import UtaConfig
     from vlalign.uta.train import train_uta
 
-    config = load_config(UtaConfig, args.config, list(args.set or []))
-    evaluate = zeroshot_evaluator(config.eval.zeroshot, config.data_root,
+    config = load_config(UtaConfig, args.config, _overrides(args))
+    evaluate = zeroshot_evaluator(config.eval.zeroshot, config.teacher, config.data_root,
                                   config.eval.batch_size) if config.eval.zeroshot else None
     metrics = train_uta(config, Path(args.out), resume=args.resume, progress=not args.quiet,
                         max_steps=args.max_steps, evaluate=evaluate)
@@ -91,16 +91,19 @@ def _train_uta(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
+    from vlalign.config import load_config
     from vlalign.eval.finetune import FinetuneConfig, finetune
 
-    config = FinetuneConfig(mode=args.mode, from_scratch=args.from_scratch, epochs=args.epochs,
-                            time_budget_s=args.time_budget_s, batch_size=args.batch_size,
-                            lr=args.lr, augment=not args.no_augment, precision=args.precision,
-                            seed=args.seed, num_workers=args.workers, device=args.device,
-                            data_root=args.data_root)
+    flags = FinetuneConfig(mode=args.mode, from_scratch=args.from_scratch, epochs=args.epochs,
+                           time_budget_s=args.time_budget_s, batch_size=args.batch_size,
+                           augment=not args.no_augment, precision=args.precision,
+                           seed=args.seed, num_workers=args.workers, device=args.device,
+                           data_root=args.data_root)
+    flags.optim.lr = args.lr
+    config = load_config(FinetuneConfig, None, _overrides(args), base=flags)
     out = Path(args.out) if args.out else None
     record = finetune(args.model, args.data, args.test_data, config, out,
-                      progress=not args.quiet)
+                      progress=not args.quiet, resume=args.resume, max_steps=args.max_steps)
     print(json.dumps(record["metrics"]))
     if out is not None:
         print(f"result: {out / 'finetune.json'}")
@@ -109,7 +112,7 @@ def _finetune(args: argparse.Namespace) -> None:
 def _classify(args: argparse.Namespace) -> None:
     from PIL import Image
 
-    from vlalign.model import load_model
+    from vlalign.models import load_model
 
     model = load_model(args.model)
     images = []
@@ -149,7 +152,7 @@ def _stores(paths: list[str]) -> list:
 def _eval(args: argparse.Namespace) -> None:
     from vlalign.eval.run import SUITES, Job, run_job, run_suite
     from vlalign.eval.tasks import Context
-    from vlalign.model import load_model
+    from vlalign.models import load_model
 
     ctx = Context(stores=_stores(args.store or []), batch_size=args.batch_size,
                   progress=not args.quiet)
@@ -225,16 +228,33 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), quick=args.quick)
 
 
-def _add_run_options(parser: argparse.ArgumentParser, config: str, example: str) -> None:
-    """The options every training command shares: recipe, overrides, run folder, resume."""
-    parser.add_argument("--config", help=f"YAML recipe, e.g. {config}")
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values, then ``--report-to`` as the ``report_to`` recipe key."""
+    overrides = list(args.set or [])
+    if args.report_to:
+        names = [name for name in args.report_to.split(",") if name]
+        overrides.append(f"report_to={json.dumps(names)}")
+    return overrides
+
+
+def _add_engine_options(parser: argparse.ArgumentParser, example: str) -> None:
+    """The training engine's options: overrides, resume, early stop, trackers, progress."""
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help=f"override a recipe value, e.g. --set {example} (repeatable)")
-    parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--max-steps", type=int,
                         help="stop after this many steps (schedule unchanged)")
+    parser.add_argument("--report-to", metavar="TRACKERS",
+                        help="also log metrics to tensorboard and/or wandb (comma-separated; "
+                        "pip install 'vlalign[tracking]'); metrics.jsonl is always written")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, config: str, example: str) -> None:
+    """The options every training command shares: recipe, run folder, the engine's options."""
+    parser.add_argument("--config", help=f"YAML recipe, e.g. {config}")
+    parser.add_argument("--out", required=True, help="run directory")
+    _add_engine_options(parser, example)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="image-decoding processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default="data", help="where set-up put the datasets")
-    p.add_argument("--out", help="folder for finetune.json (and the classifier, full mode)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="folder for finetune.json (full mode: a run folder, with "
+                   "checkpoints, metrics.jsonl and the classifier)")
+    _add_engine_options(p, "optim.weight_decay=0.1")
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("classify", help="zero-shot classify images with a trained model")

@@ -1,5 +1,9 @@
 """Configs are dataclasses: defaults in code, a YAML file on top, then dotted ``key=value``
-overrides from the command line. The resolved config is saved with every run."""
+overrides from the command line. The resolved config is saved with every run.
+
+A field declared with ``setting(default, choices=..., minimum=...)`` is checked by ``validate``
+(closed choices, lower bounds), which ``from_dict`` runs and every trainer runs again on the
+config it is handed, so a bad value fails in a second with one line naming the key."""
 
 from __future__ import annotations
 
@@ -70,6 +74,41 @@ def _number(value: Any, kind: type, where: str) -> int | float:
     return number
 
 
+def setting(default: Any, *, choices: tuple[Any, ...] = (), minimum: float | None = None,
+            above: float | None = None) -> Any:
+    """A dataclass field with a default and the checks ``validate`` applies: a closed set of
+    ``choices`` (for a list field, each element's), ``minimum <= value`` or ``above < value``."""
+    checks = {"choices": tuple(choices), "minimum": minimum, "above": above}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=checks)
+    return dataclasses.field(default=default, metadata=checks)
+
+
+def _check(name: str, value: Any, checks: Any) -> None:
+    choices = checks.get("choices") or ()
+    for item in value if isinstance(value, list) else [value]:
+        if choices and item not in choices:
+            raise UserError(f"config {name}: {item!r} is not one of "
+                            f"{', '.join(map(str, choices))}")
+    minimum, above = checks.get("minimum"), checks.get("above")
+    if minimum is not None and value < minimum:
+        raise UserError(f"config {name}: must be at least {minimum}, got {value}")
+    if above is not None and value <= above:
+        raise UserError(f"config {name}: must be greater than {above}, got {value}")
+
+
+def validate(config: Any, where: str = "") -> None:
+    """UserError naming the first field of ``config`` (nested dataclasses included) whose value
+    breaks its ``setting`` checks."""
+    for spec in dataclasses.fields(config):
+        name = f"{where}.{spec.name}" if where else spec.name
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, name)
+        else:
+            _check(name, value, spec.metadata)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict; unknown keys are errors naming valid ones."""
     hints = typing.get_type_hints(cls)
@@ -79,7 +118,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise UserError(f"config: unknown key {where + '.' if where else ''}{unknown[0]}; "
                         f"valid: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    if not where:
+        validate(config)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

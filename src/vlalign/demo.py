@@ -28,10 +28,11 @@ from vlalign.data import create_source
 from vlalign.eval.run import Job, offline_suite, run_suite
 from vlalign.eval.stored import evaluate_store, store_evaluator
 from vlalign.eval.tasks import Context
-from vlalign.model import AlignmentHeads, load_model
+from vlalign.models import load_model
 from vlalign.probe.config import ProbeConfig
 from vlalign.probe.run import run_probe
 from vlalign.report.build import build_report
+from vlalign.sail.artifact import AlignmentHeads
 from vlalign.sail.config import SailConfig
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, FeatureStore, encode_store

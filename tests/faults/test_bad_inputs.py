@@ -182,5 +182,6 @@ def test_store_whose_dims_do_not_match_the_model(train_store: Path, other_dims_s
         train_sail(config, tmp_path / "run", progress=False)
     run = tmp_path / "resumed"
     shutil.copytree(clean_run[0], run)
-    with pytest.raises(UserError, match=r"checkpoint tensor .* this run needs .*use another"):
+    with pytest.raises(UserError, match=r"checkpoint was made with vision_head = .*'in_dim': 192.*"
+                                        r"this run has .*'in_dim': 48.*use another --out"):
         train_sail(harness.train_config(other_dims_store), run, resume=True, progress=False)

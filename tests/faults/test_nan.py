@@ -11,8 +11,9 @@ import torch
 import harness
 from vlalign.sail import train as train_module
 from vlalign.sail.train import train_sail
+from vlalign.train.guards import TrainingDiverged
+from vlalign.train.task import StepOutput
 from vlalign.utils.checkpoint import load_checkpoint
-from vlalign.utils.training import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,14 +35,14 @@ def _poison(monkeypatch: pytest.MonkeyPatch, call: int, where: str) -> None:
     """From forward call ``call`` on, make the loss (or the gradient) NaN."""
     forward, calls = train_module.SailModule.forward, {"n": 0}
 
-    def poisoned(self, images, texts):
+    def poisoned(self, batch):
         calls["n"] += 1
-        loss, terms = forward(self, images, texts)
+        loss, terms = forward(self, batch)
         if calls["n"] < call:
-            return loss, terms
+            return StepOutput(loss, terms)
         if where == "loss":
-            return loss * float("nan"), terms
-        return loss + _NaNGradient.apply(self.loss.bias), terms
+            return StepOutput(loss * float("nan"), terms)
+        return StepOutput(loss + _NaNGradient.apply(self.loss.bias), terms)
 
     monkeypatch.setattr(train_module.SailModule, "forward", poisoned)
 

@@ -13,7 +13,7 @@ import torch
 
 import harness
 from vlalign.errors import StoreError
-from vlalign.model import AlignmentHeads
+from vlalign.sail.artifact import AlignmentHeads
 from vlalign.sail.train import train_sail
 from vlalign.utils.files import sha256_file
 

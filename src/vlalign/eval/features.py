@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vlalign.backbones.base import VisionEncoder, image_to_tensor
 from vlalign.data.base import BadItem, Source
-from vlalign.model import VLModel
+from vlalign.models.sail import VLModel
 from vlalign.store.reader import FeatureStore
 from vlalign.utils.files import cache_dir
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlalign.sail.config import HeadConfig, OptimConfig, SailConfig
+from vlalign.sail.config import HeadConfig, SailConfig
+from vlalign.train.config import OptimConfig
 
 
 def linear_probe_recipe() -> SailConfig:

@@ -30,9 +30,9 @@ from vlalign.data.registry import create_source
 from vlalign.errors import UserError
 from vlalign.eval import knn, linear_probe
 from vlalign.eval.stored import evaluate_store
-from vlalign.model import AlignmentHeads
 from vlalign.probe import stats
 from vlalign.probe.config import ProbeConfig
+from vlalign.sail.artifact import AlignmentHeads
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
 from vlalign.store.compose import compose_store

@@ -1,6 +1,6 @@
 """SAIL: alignment heads and contrastive losses trained on stored frozen-backbone features."""
 
-from vlalign.sail.distributed import all_gather_with_grad, all_reduce_sum, sum_gradients, world_info
+from vlalign.sail.distributed import all_gather_with_grad
 from vlalign.sail.heads import HEADS, GLUHead, LinearHead, MLPHead, create_head
 from vlalign.sail.losses import (
     LOSSES,
@@ -22,11 +22,8 @@ __all__ = [
     "MLPHead",
     "SigmoidLoss",
     "all_gather_with_grad",
-    "all_reduce_sum",
     "create_head",
     "create_loss",
     "infonce_loss_reference",
     "sigmoid_loss_reference",
-    "sum_gradients",
-    "world_info",
 ]

@@ -1,4 +1,4 @@
-"""Process-group helpers that let contrastive losses see the global batch across ranks.
+"""The gather that lets contrastive losses see the global batch's negatives across ranks.
 
 Gradient convention (what a trainer must do; DESIGN 4: multi-process = one process):
 
@@ -10,24 +10,21 @@ Gradient convention (what a trainer must do; DESIGN 4: multi-process = one proce
   each rank's share sends to a row, so every local embedding receives the gradient of the
   global loss, and every parameter (heads, logit scale, bias) receives the part of the global
   gradient that flows through this rank's rows.
-- Then **sum** parameter gradients over ranks: ``sum_gradients(params)`` (all_reduce SUM). With
-  DDP, which averages, call ``backward()`` on ``world_size * share`` instead and put the loss
-  module's scale and bias inside the DDP-wrapped module too. Either way every rank ends with the
+- Then **sum** parameter gradients over ranks. The training engine does it with DDP, which
+  averages: it backpropagates ``world_size * share``, with the loss module's scale and bias
+  inside the DDP-wrapped module (``vlalign.train.task``). Every rank ends with the
   single-process gradient and takes the same optimiser step.
-- For logging, ``all_reduce_sum(share)`` is the global loss.
+- For logging, the sum of the shares over ranks is the global loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from vlalign.utils.distributed import world_info
 
-__all__ = ["all_gather_with_grad", "all_reduce_sum", "sum_gradients", "world_info"]
+__all__ = ["all_gather_with_grad", "world_info"]
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -59,24 +56,3 @@ def all_gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None
     if world_info(group)[1] == 1:
         return x
     return _AllGatherWithGrad.apply(x, group)
-
-
-def all_reduce_sum(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Sum of a tensor over ranks, detached: e.g. the global loss from per-rank shares."""
-    total = x.detach().clone()
-    if world_info(group)[1] > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    return total
-
-
-def sum_gradients(params: Iterable[nn.Parameter], group: dist.ProcessGroup | None = None) -> None:
-    """Sum every parameter gradient over ranks in place: the step after backward on a share.
-
-    All ranks must pass the same parameters in the same order with the same ``grad is None``
-    pattern (parameters without a gradient are skipped).
-    """
-    if world_info(group)[1] == 1:
-        return
-    for param in params:
-        if param.grad is not None:
-            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)

@@ -1,11 +1,11 @@
 """Training images for UTA and fine-tuning, as pure functions of (seed, step).
 
-Several sources form one row space (concatenated). Batch ``step`` holds rows
-``perm(seed, epoch)[i * B:(i + 1) * B]`` with ``epoch, i = divmod(step, steps_per_epoch)``
-(drop-last), each rank taking its slice, and an augmented view is drawn from an RNG seeded by
-(seed, step, row): a resumed run decodes exactly the pixels an uninterrupted run would. With
-stores (one per source, encoded from that very source), the rows are the stored rows and every
-item also carries its row of the teacher's cached targets (``uta.targets.cache_targets``).
+Several sources form one row space (concatenated). Batch ``step`` holds the engine's
+``StepOrder`` rows (a pure function of seed and step; each rank takes its slice), and an
+augmented view is drawn from an RNG seeded by (seed, step, row): a resumed run decodes exactly
+the pixels an uninterrupted run would. With stores (one per source, encoded from that very
+source), the rows are the stored rows and every item also carries its row of the teacher's cached
+targets (``uta.targets.cache_targets``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from torch.utils.data import Dataset, Sampler
 
 from vlalign.backbones.base import Preprocess, image_to_tensor
 from vlalign.data.base import BadItem, Source
-from vlalign.errors import DataError, StoreError, UserError
+from vlalign.errors import DataError, StoreError
 from vlalign.store.reader import FeatureStore
+from vlalign.train.sampler import StepOrder
 
 CROP_SCALE = (0.5, 1.0)  # random resized crop: area fraction
 CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (log-uniform)
@@ -91,18 +92,14 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class StepBatches(Sampler[list[tuple[int, int]]]):
-    """This rank's ``(step, row)`` keys of global batches ``start .. stop-1`` (see module doc)."""
+    """This rank's ``(step, row)`` keys of global batches ``start .. stop-1`` (``StepOrder``)."""
 
     def __init__(self, rows: int, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, start: int = 0, stop: int = 0):
-        if batch_size > rows:
-            raise UserError(f"batch size {batch_size} exceeds the {rows} training images")
-        if batch_size % world_size:
-            raise UserError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.order = StepOrder(rows, batch_size, seed, rank, world_size, noun="training images")
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
         self.rank, self.world_size, self.start, self.stop = rank, world_size, start, stop
-        self.steps_per_epoch = rows // batch_size
-        self._epoch, self._order = -1, np.empty(0, np.int64)
+        self.steps_per_epoch = self.order.steps_per_epoch
 
     def span(self, start: int, stop: int) -> StepBatches:
         """The same stream restricted to steps ``start .. stop-1``."""
@@ -111,13 +108,7 @@ class StepBatches(Sampler[list[tuple[int, int]]]):
 
     def rows_of(self, step: int) -> np.ndarray:
         """This rank's rows of global batch ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
-        rows = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        local = self.batch_size // self.world_size
-        return rows[self.rank * local:(self.rank + 1) * local]
+        return self.order.rows_of(step)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start, self.stop):

@@ -2,7 +2,7 @@
 and pooled vectors, turned into the teacher's joint-space tokens and cached on disk.
 
 A SAIL teacher is its backbone followed by its vision head, applied per token (the head input
-of ``vlalign.sail.model.token_head_inputs``) and to the pooled vector. Storing the backbone's
+of ``vlalign.sail.artifact.token_head_inputs``) and to the pooled vector. Storing the backbone's
 output saves the backbone; caching the head's output too saves the head, which per token costs
 more than a tiny student's whole step. A transformers CLIP teacher's backbone
 (``hf:...?pool=proj``) already outputs projected tokens, so its stored features are the targets.
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from vlalign.backbones.base import VisionEncoder, VisionOutput
 from vlalign.errors import UserError
-from vlalign.sail.model import token_head_inputs
+from vlalign.sail.artifact import token_head_inputs
 from vlalign.store.reader import FeatureStore
 from vlalign.uta.teachers import HFCLIPTeacher, SAILTeacher, Teacher, TeacherOutput
 from vlalign.utils.files import atomic_path, cache_dir
@@ -42,7 +42,7 @@ CACHE_BATCH = 256  # store rows turned into targets at a time
 def stored_backbone(teacher: Teacher) -> VisionEncoder:
     """The vision backbone whose stored features rebuild ``teacher``'s targets."""
     if isinstance(teacher, SAILTeacher):
-        return teacher.model.vision
+        return teacher.vision
     if isinstance(teacher, HFCLIPTeacher):
         return teacher.vision
     raise UserError("targets=store works with sail: and hf: teachers (their backbone's token "
@@ -65,7 +65,7 @@ class StoredTargets:
             return TeacherOutput(tokens.float(), pooled.float(), self.grid)
         cls = pooled[:, :tokens.shape[-1]] if self.has_cls else None
         out = VisionOutput(pooled=pooled, tokens=tokens, grid=self.grid, cls=cls)
-        heads = self.teacher.model.heads
+        heads = self.teacher.heads
         joint = heads.encode_image_features(token_head_inputs(out), normalize=False)
         joint_pooled = heads.encode_image_features(pooled, normalize=False)
         return TeacherOutput(joint.float(), joint_pooled.float(), self.grid)

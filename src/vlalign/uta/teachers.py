@@ -15,18 +15,19 @@ A teacher's token grid is fixed by its patch size and input size and need not ma
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from vlalign.backbones.base import Preprocess
+from vlalign.backbones.base import Preprocess, TextEncoder, VisionEncoder
 from vlalign.backbones.hf import CLIP_MEAN, CLIP_STD
-from vlalign.backbones.spec import Spec, parse_spec
 from vlalign.errors import UserError
-from vlalign.sail.model import VLModel, token_head_inputs
+from vlalign.sail.artifact import AlignmentHeads, load_backbones, token_head_inputs
+from vlalign.spec import Grammar, Spec
 
 TEACHER_SCHEMES = ("open_clip", "hf", "sail")
+TEACHERS = Grammar("scheme", TEACHER_SCHEMES, stage=True, options=True)
 
 
 def resample_tokens(tokens: torch.Tensor, grid: tuple[int, int],
@@ -89,14 +90,14 @@ class OpenCLIPTeacher:
     ``norm``, ``fc_norm`` and ``head`` and the adapter's projection. Attention-pooled towers
     (CoCa, SigLIP ``map``) and CNNs have no per-position joint-space tokens and are refused."""
 
-    def __init__(self, spec: Spec | str, device: str = "cpu") -> None:
+    def __init__(self, spec: Spec, device: str = "cpu") -> None:
         from open_clip import get_model_preprocess_cfg
 
-        from vlalign.backbones.open_clip_adapter import load_open_clip
+        from vlalign.backbones.open_clip_adapter import OpenCLIPText, load_open_clip
 
-        spec = spec if isinstance(spec, Spec) else parse_spec(spec, ("open_clip",))
-        self.model, self.tokenizer, self.identity = load_open_clip(spec, device)
+        self.model, tokenizer, self.identity = load_open_clip(spec, device)
         self.device = torch.device(device)
+        self.text = OpenCLIPText(self.model, tokenizer, self.identity, device)
         self.patch = self._check_tower(spec)
         cfg = get_model_preprocess_cfg(self.model)
         size = cfg.get("size", 224)
@@ -104,7 +105,6 @@ class OpenCLIPTeacher:
             size=int(size if isinstance(size, int) else size[0]),
             mean=tuple(cfg.get("mean", CLIP_MEAN)), std=tuple(cfg.get("std", CLIP_STD)),
             interpolation="bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic")
-        self.batch_size = 256  # strings per encode_text forward
         side = self.preprocess.size
         self.dim = self.encode_image_tokens(torch.zeros(1, 3, side, side)).pooled.shape[1]
 
@@ -122,7 +122,7 @@ class OpenCLIPTeacher:
             if (getattr(trunk, "attn_pool", None) is None and "pool" not in visual.head._modules
                     and all(hasattr(trunk, a) for a in ("fc_norm", "patch_embed", "head"))):
                 return tuple(trunk.patch_embed.patch_size)
-        raise UserError(f"{spec.text!r}: only ViT towers without attention pooling give "
+        raise UserError(f"{str(spec)!r}: only ViT towers without attention pooling give "
                         "per-position tokens in the joint space; this one cannot be a UTA teacher")
 
     @torch.no_grad()
@@ -143,13 +143,9 @@ class OpenCLIPTeacher:
         return TeacherOutput(tokens.float(), out["image_features"].float(),
                              _grid(x, self.patch, tokens.shape[1]))
 
-    @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """B x dim text embeddings (``encode_text`` of the tokenised strings)."""
-        chunks = [self.model.encode_text(self.tokenizer(list(texts[i:i + self.batch_size]))
-                                         .to(self.device)).float()
-                  for i in range(0, len(texts), self.batch_size)]
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.dim, device=self.device)
+        return self.text.encode(texts)
 
 
 class HFCLIPTeacher:
@@ -177,53 +173,54 @@ class HFCLIPTeacher:
         return self.text.encode(list(texts))
 
 
-def _heads_digest(model: Any) -> str:
+def _heads_digest(heads: AlignmentHeads) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.heads.state_dict().items()):
+    for name, tensor in sorted(heads.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
 class SAILTeacher:
-    """A vlalign SAIL model (``VLModel``): its vision head applied to every token of the frozen
-    backbone's token map (``[CLS ; patch]`` for ViTs, the token for CNNs; see
-    ``vlalign.sail.model.token_head_inputs``) and to the pooled vector; text through the text
-    head."""
+    """A vlalign SAIL model (frozen backbones + ``AlignmentHeads``): its vision head applied to
+    every token of the frozen backbone's token map (``[CLS ; patch]`` for ViTs, the token for
+    CNNs; see ``vlalign.sail.artifact.token_head_inputs``) and to the pooled vector; text through
+    the text head."""
 
-    def __init__(self, model: VLModel) -> None:
-        self.model = model
-        self.preprocess = model.vision.preprocess
-        self.identity = f"sail:{model.vision.identity}|{model.text.identity}#{_heads_digest(model)}"
+    def __init__(self, vision: VisionEncoder, text: TextEncoder, heads: AlignmentHeads) -> None:
+        self.vision, self.text, self.heads = vision, text, heads
+        self.preprocess = vision.preprocess
+        self.identity = f"sail:{vision.identity}|{text.identity}#{_heads_digest(heads)}"
         side = self.preprocess.size
         self.dim = self.encode_image_tokens(torch.zeros(1, 3, side, side)).pooled.shape[1]
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> SAILTeacher:
         """Load a SAIL run directory or saved model folder."""
-        return cls(VLModel.from_pretrained(path, device=device))
+        heads = AlignmentHeads.from_pretrained(path).to(device)
+        return cls(*load_backbones(heads.config, device, path), heads)
 
     def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
         """Per-token joint-space embeddings on the backbone's grid, and the pooled embedding."""
-        heads = self.model.heads
-        out = self.model.vision.encode(pixels.to(self.model.device), tokens=True)
-        tokens = heads.encode_image_features(token_head_inputs(out), normalize=False)
-        pooled = heads.encode_image_features(out.pooled, normalize=False)
+        out = self.vision.encode(pixels.to(self.heads.device), tokens=True)
+        tokens = self.heads.encode_image_features(token_head_inputs(out), normalize=False)
+        pooled = self.heads.encode_image_features(out.pooled, normalize=False)
         return TeacherOutput(tokens.clone(), pooled.clone(), out.grid)  # clone: not inference
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """B x dim text embeddings (text backbone, then the text head)."""
-        return self.model.encode_text(list(texts), normalize=False).clone()
+        features = self.text.encode(list(texts))
+        return self.heads.encode_text_features(features, normalize=False).clone()
 
 
 def create_teacher(spec: str, device: str = "cpu") -> Teacher:
     """Build the teacher a spec names: ``open_clip:...``, ``hf:<CLIP folder or repo>`` or
     ``sail:<run dir or saved model>``."""
-    parsed = parse_spec(spec, TEACHER_SCHEMES)
+    parsed = TEACHERS.parse(spec)
     if parsed.scheme == "open_clip":
         return OpenCLIPTeacher(parsed, device)
-    if parsed.options:
-        raise UserError(f"spec {spec!r}: {parsed.scheme} teachers take no options")
+    if parsed.options or parsed.stage:
+        raise UserError(f"spec {spec!r}: {parsed.scheme} teachers take no options or @stage")
     if parsed.scheme == "hf":
         return HFCLIPTeacher(parsed.name, device)
     return SAILTeacher.load(parsed.name, device)

@@ -2,7 +2,7 @@
 
 Every helper is a no-op (or the identity) without an initialised process group, so code written
 for N ranks runs unchanged in one process. The collectives here carry small Python objects
-(counts, short messages), never tensors of data.
+(counts, short messages) and scalars to log, never tensors of data.
 """
 
 from __future__ import annotations
@@ -107,3 +107,22 @@ def on_rank_zero(fn: Callable[[], T]) -> T:
     if failure is not None:
         _raise_remote(0, failure)
     return result
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of a (small) tensor over ranks, detached: e.g. the global loss from per-rank shares."""
+    total = x.detach().clone()
+    if world_info()[1] > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> this rank's GPU if CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device cuda requested but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)

@@ -1,4 +1,5 @@
-"""Optimisers and the learning-rate schedule (pure functions of the step)."""
+"""Optimisers and the learning-rate schedule (pure functions of the step), shared by every
+task the engine trains."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from vlalign.errors import UserError
 
@@ -37,18 +39,28 @@ class Lion(torch.optim.Optimizer):
             torch._foreach_add_(moments, grads, alpha=1 - beta2)
 
 
-def create_optimizer(name: str, params: list, lr: float, weight_decay: float,
-                     betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """Build 'lion' or 'adamw'; 1-D parameters (norms, biases, scale) get no weight decay."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+OPTIMIZERS = ("lion", "adamw")
+
+
+def create_optimizer(name: str, named_params: Iterable[tuple[str, nn.Parameter]], lr: float,
+                     weight_decay: float, betas: tuple[float, float], eps: float = 1e-8,
+                     no_weight_decay: Iterable[str] = ()) -> torch.optim.Optimizer:
+    """'lion' or 'adamw' over the trainable ``(name, parameter)`` pairs. No weight decay on 1-D
+    parameters (norms, biases, the loss's scale and bias) nor on the names in
+    ``no_weight_decay`` (CLS/mask tokens, position embeddings: a module's ``no_weight_decay()``).
+    ``eps`` is AdamW's (EVA-02 uses 1e-6)."""
+    skip = set(no_weight_decay)
+    decay, no_decay = [], []
+    for param_name, param in named_params:
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or param_name in skip else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if name == "lion":
         return Lion(groups, lr=lr, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    raise UserError(f"unknown optimizer {name!r}; valid: lion, adamw")
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    raise UserError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def cosine_lr(step: int, total: int, base: float, warmup_fraction: float,

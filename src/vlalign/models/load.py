@@ -1,20 +1,13 @@
-"""The models users load: ``load_model`` opens any vlalign model folder (SAIL heads with their
-backbones, or a UTA student with its teacher's text side), a CLIP by spec, or the random-heads
-control. The SAIL model lives in ``sail/model.py`` and the UTA model in ``uta/model.py``; this
-module sits above both, so neither needs to know the other.
-"""
+"""``load_model``: any vlalign model folder, a CLIP by spec, or the random-heads control."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vlalign.sail.model import (  # noqa: F401  (the public names users import from here)
-    AlignmentHeads,
-    TextBatch,
-    VLModel,
-    token_head_inputs,
-)
-from vlalign.uta.model import UTAModel, is_uta_model
+from vlalign.models.sail import VLModel
+from vlalign.models.uta import UTAModel
+from vlalign.sail.artifact import AlignmentHeads
+from vlalign.uta.artifact import is_uta_model
 
 JOINT_SPACE_SCHEMES = ("open_clip:",)
 UNTRAINED = "random-heads:"
@@ -35,4 +28,3 @@ def load_model(path: str | Path, device: str = "cpu") -> VLModel | UTAModel:
     if is_uta_model(path):
         return UTAModel.from_pretrained(path, device=device)
     return VLModel.from_pretrained(path, device=device)
-

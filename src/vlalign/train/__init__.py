@@ -1,0 +1,1 @@
+"""The one training engine under SAIL, UTA and fine-tuning (see ``loop.py``)."""
