@@ -163,6 +163,19 @@ def test_fp16_resume_restores_the_loss_scaler_bit_for_bit(tmp_path: Path) -> Non
     assert {line["loss_scale"] for line in lines} == {65536.0}
 
 
+@pytest.mark.slow
+def test_a_compiled_module_trains_like_the_eager_one(tmp_path: Path) -> None:
+    """``compile: true`` (torch.compile, inductor on the CPU) gives the eager run's losses."""
+    losses = {}
+    for compiled in (False, True):
+        config = _small_config(compile=compiled, epochs=2)
+        fit(RandomFeatures(config), config, RunDir(tmp_path / str(compiled), resume=False), {},
+            progress=False)
+        lines = (tmp_path / str(compiled) / "metrics.jsonl").read_text().splitlines()
+        losses[compiled] = [json.loads(line)["loss"] for line in lines]
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def digit_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("engine") / "digits"

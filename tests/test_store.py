@@ -78,9 +78,13 @@ def test_resume_skips_finished_shards_and_redoes_a_damaged_one(tmp_path):
     np.testing.assert_array_equal(store.texts(np.arange(300)), reference.texts(np.arange(300)))
 
 
-def test_random_reads_equal_the_arrays_on_disk(tmp_path):
-    """Positional reads (runs, gaps, repeats, any order, across shards) return the stored rows."""
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "positional-reads"])
+def test_random_reads_equal_the_arrays_on_disk(tmp_path, mapped: bool):
+    """Both read paths (a small store's mappings; a large store's positional reads) return the
+    stored rows for runs, gaps, repeats, any order, across shards."""
     store = _encode(tmp_path / "s", tokens=True)
+    assert store._mapped  # 300 rows: far below an eighth of the memory
+    store._mapped = mapped
     rows = np.random.default_rng(0).integers(0, 300, 500)
     rows[:5] = [299, 0, 63, 64, 64]
     for what in ("images", "texts", "tokens"):
@@ -88,6 +92,7 @@ def test_random_reads_equal_the_arrays_on_disk(tmp_path):
             f"*.{what}.npy"))])
         np.testing.assert_array_equal(getattr(store, what)(rows), whole[rows])
         np.testing.assert_array_equal(getattr(store, what)(np.arange(300)), whole)
+    assert bool(store._maps) == mapped
 
 
 def test_batch_stream_is_deterministic_disjoint_and_resumable(tmp_path):

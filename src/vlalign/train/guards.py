@@ -48,8 +48,7 @@ class LearningGuard:
         """Call after backward (gradients unscaled) on a step that is applied."""
         if not self.patience:
             return
-        grads = [p.grad for p in self.params if p.grad is not None]
-        learning = bool(grads) and bool(torch.stack([g.ne(0).any() for g in grads]).any())
+        learning = any(bool(p.grad.any()) for p in self.params if p.grad is not None)
         self.zero_steps = 0 if learning else self.zero_steps + 1
         if self.zero_steps >= self.patience:
             raise TrainingStalled(

@@ -34,7 +34,7 @@ from vlalign.utils.distributed import all_reduce_sum, on_rank_zero, world_info
 
 log = logging.getLogger(__name__)
 Evaluator = Callable[[int], dict[str, float]]
-GUARD_EVERY_STEP_UNTIL = 50  # the learning guard checks each of the first steps, then log steps
+GUARD_EVERY_STEP_UNTIL = 20  # the learning guard checks each of the first steps, then log steps
 
 
 def _wrap(module: nn.Module, compile_module: bool, world_size: int,

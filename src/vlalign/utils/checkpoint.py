@@ -10,6 +10,7 @@ refused with a StoreError, never executed.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,11 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor],
     run_dir.mkdir(parents=True, exist_ok=True)
     stem = f"ckpt-{step:08d}"
     weights = run_dir / f"{stem}.safetensors"
-    atomic_write_bytes(weights, save_tensors(tensors))
+    data = save_tensors(tensors)
+    atomic_write_bytes(weights, data)
     atomic_write_json(run_dir / f"{stem}.json",
                       {**info, "step": step, "tensors": weights.name,
-                       "sha256": sha256_file(weights)})
+                       "sha256": hashlib.sha256(data).hexdigest()})  # of what was written
     atomic_write_json(run_dir / LATEST, {"step": step, "checkpoint": f"{stem}.json"})
     for old in sorted(run_dir.glob("ckpt-*.json"))[:-keep]:  # tensors first: no orphans
         old.with_suffix(".safetensors").unlink(missing_ok=True)
