@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing import forkserver
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import IO, Any
 
 import torch
 import torch._dynamo  # noqa: F401  (optimisers import it on their first step: preload it)
+from safetensors.torch import load_file
 
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.config import from_dict
@@ -239,3 +241,25 @@ def same_store(a: Path, b: Path) -> None:
     assert sorted(left) == sorted(right), sorted(set(left) ^ set(right))
     for name in left:
         assert left[name] == right[name], f"{name} differs"
+
+
+def killed_and_resumed(kind: str, args: dict[str, Any], events: list[str], points: int,
+                       seed: int, root: Path) -> Iterator[tuple[Path, str]]:
+    """At ``points`` seeded random events of a clean run's ``events``: a fresh run in
+    ``root/killed-N`` is killed there, then resumed to the end; yields (run folder, event)."""
+    rng = random.Random(seed)
+    for point in sorted(rng.sample(range(1, len(events) + 1), points)):
+        run_dir, where = root / f"killed-{point}", events[point - 1]
+        point_args = {**args, "run": str(run_dir)}
+        code = run(kind, point_args, kill_at=point, cut=rng.random())
+        assert code == -signal.SIGKILL, f"the kill at event {point} ({where}) must land"
+        assert run(kind, point_args | {"resume": True}) == 0, where
+        yield run_dir, where
+
+
+def same_tensors(found: Path, expected: Path, where: str) -> None:
+    """AssertionError naming the first tensor of two safetensors files that differs."""
+    left, right = load_file(found), load_file(expected)
+    assert left.keys() == right.keys(), where
+    for key in right:
+        assert left[key].equal(right[key]), f"{key} differs after a kill at {where}"

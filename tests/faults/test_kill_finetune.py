@@ -4,12 +4,9 @@ export): resume ends with a classifier and test accuracy bitwise equal to an uni
 from __future__ import annotations
 
 import json
-import random
-import signal
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 import harness
 from tiny_models import save_sail_teacher
@@ -38,16 +35,9 @@ def test_kill_9_during_finetuning_then_resume_reaches_the_same_classifier(
     assert harness.run("finetune", {"model": str(student), "run": str(clean)}, log=log) == 0
     events = json.loads(log.read_text())
     assert events.count("step") == 16  # 2 epochs of 64 digits at batch 8
-    expected, expected_result = load_file(clean / "classifier.safetensors"), _result(clean)
-    rng = random.Random(SEED)
-    for point in sorted(rng.sample(range(1, len(events) + 1), POINTS)):
-        run, where = tmp_path / f"killed-{point}", events[point - 1]
-        args = {"model": str(student), "run": str(run)}
-        code = harness.run("finetune", args, kill_at=point, cut=rng.random())
-        assert code == -signal.SIGKILL, f"the kill at event {point} ({where}) must land"
-        assert harness.run("finetune", args | {"resume": True}) == 0, where
-        classifier = load_file(run / "classifier.safetensors")
-        assert classifier.keys() == expected.keys()
-        for key in expected:
-            assert classifier[key].equal(expected[key]), f"{key} differs after a kill at {where}"
-        assert _result(run) == expected_result, where
+    expected = _result(clean)
+    for run, where in harness.killed_and_resumed("finetune", {"model": str(student)}, events,
+                                                 POINTS, SEED, tmp_path):
+        harness.same_tensors(run / "classifier.safetensors", clean / "classifier.safetensors",
+                             where)
+        assert _result(run) == expected, where
