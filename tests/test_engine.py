@@ -213,3 +213,21 @@ def test_bad_recipe_values_are_one_line_errors(digit_store: Path, tmp_path: Path
     with pytest.raises(UserError, match=message) as caught:
         sail_train.train_sail(config, tmp_path / "run", progress=False)
     assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
+
+
+def test_precision_rules_scale_fp16_and_allow_tf32_for_fp32_on_cuda() -> None:
+    """fp16 always gets a loss scaler (CPU too), bf16 and fp32 never; fp32 on CUDA allows TF32
+    matmuls (the flags are set without touching a GPU, so this runs on the CPU)."""
+    cpu = torch.device("cpu")
+    assert Precision("fp16", cpu).scaler is not None
+    assert Precision("bf16", cpu).scaler is None and Precision("fp32", cpu).scaler is None
+    assert Precision("fp32", cpu).dtype is None and Precision("bf16", cpu).dtype == torch.bfloat16
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        Precision("fp32", cpu)
+        assert not torch.backends.cuda.matmul.allow_tf32
+        Precision("fp32", torch.device("cuda", 0))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
