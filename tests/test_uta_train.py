@@ -2,6 +2,7 @@
 baselines, time budget, and batches/masks as pure functions of (seed, step)."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,18 @@ def test_batches_and_masks_are_pure_functions_of_seed_and_step(teacher_dir: Path
     assert one.rows_of(0).tolist() != one.rows_of(8).tolist()  # a new epoch reshuffles
     assert not torch.equal(step_keep(config, 0, 8, (4, 4), 0, 1),
                            step_keep(config, 1, 8, (4, 4), 0, 1))
+
+
+def test_a_missing_tracker_package_fails_before_the_teacher_loads(
+        teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the teacher loaded before the recipe was checked")
+
+    monkeypatch.setattr(train_module, "create_teacher", must_not_load)
+    with pytest.raises(UserError, match=r"--report-to wandb needs the wandb package: pip "
+                                        r"install 'vlalign\[tracking\]'"):
+        train_uta(tiny_config(teacher_dir, report_to=["wandb"]), tmp_path / "run",
+                  progress=False)
+    assert not (tmp_path / "run").exists()

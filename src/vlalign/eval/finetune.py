@@ -33,6 +33,7 @@ from vlalign.train.config import OptimConfig, TrainSettings
 from vlalign.train.loop import fit
 from vlalign.train.run import RunDir
 from vlalign.train.task import StepOutput, Task
+from vlalign.train.trackers import check_trackers
 from vlalign.uta.artifact import load_student
 from vlalign.uta.data import ImageRows, StepBatches, collate
 from vlalign.uta.student import UTAStudent
@@ -153,6 +154,7 @@ def finetune(model: str | Path, train: str, test: str, config: FinetuneConfig,
     mode trains in ``out`` (a run folder: checkpoints, metrics, ``resume``), or in a temporary
     folder without ``out``."""
     validate(config)
+    check_trackers(config.report_to)
     if resume and out is None:
         raise UserError("--resume needs the --out folder of the fine-tuning run to continue")
     device = resolve_device(config.device)

@@ -29,6 +29,7 @@ from vlalign.store.stream import Batch, BatchStream, StoreMix
 from vlalign.train.loop import fit
 from vlalign.train.run import RunDir
 from vlalign.train.task import StepOutput, Task
+from vlalign.train.trackers import check_trackers
 from vlalign.utils.distributed import init_from_env, raise_if_any_failed, resolve_device
 
 Evaluator = Callable[["SailModule", int], dict[str, float]]
@@ -145,6 +146,7 @@ def train_sail(config: SailConfig, run_dir: Path, resume: bool = False,
     (the schedule still spans the full run), for tests and demos.
     """
     validate(config)
+    check_trackers(config.report_to)
     rank, world_size = init_from_env()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

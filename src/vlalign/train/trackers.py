@@ -95,10 +95,9 @@ class WandbTracker:
         self._wandb.finish()
 
 
-def create_trackers(names: Sequence[str], run_dir: Path, config: dict[str, Any],
-                    resume: bool) -> list[Tracker]:
-    """The trackers ``names`` asks for (each once, in order); UserError on an unknown name or
-    a missing package, before anything is started."""
+def check_trackers(names: Sequence[str]) -> list[str]:
+    """The distinct tracker names, in order; UserError on an unknown name or a missing package.
+    Trainers call it before building anything slow, so a missing package fails in a second."""
     unknown = [name for name in names if name not in TRACKERS]
     if unknown:
         raise UserError(f"unknown tracker {unknown[0]!r} in --report-to; valid: "
@@ -106,5 +105,13 @@ def create_trackers(names: Sequence[str], run_dir: Path, config: dict[str, Any],
     wanted = list(dict.fromkeys(names))
     for name in wanted:  # every package first: no W&B run is started for a run that cannot go
         _require(name, name)
+    return wanted
+
+
+def create_trackers(names: Sequence[str], run_dir: Path, config: dict[str, Any],
+                    resume: bool) -> list[Tracker]:
+    """The trackers ``names`` asks for (each once, in order); UserError on an unknown name or
+    a missing package, before anything is started."""
+    wanted = check_trackers(names)
     return [TensorBoardTracker(run_dir, resume) if name == "tensorboard"
             else WandbTracker(run_dir, config, resume) for name in wanted]

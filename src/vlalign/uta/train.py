@@ -28,6 +28,7 @@ from vlalign.errors import UserError
 from vlalign.train.loop import fit
 from vlalign.train.run import RunDir
 from vlalign.train.task import StepOutput, Task
+from vlalign.train.trackers import check_trackers
 from vlalign.uta.artifact import save_student
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
 from vlalign.uta.data import ImageRows, StepBatches, collate, open_stores
@@ -187,6 +188,7 @@ def train_uta(config: UtaConfig, run_dir: Path, resume: bool = False, progress: 
     ``evaluate(student, teacher, step)`` is called at ``eval_every`` and at the end (the CLI passes
     ``vlalign.eval.uta_progress.zeroshot_evaluator`` for ``config.eval.zeroshot``)."""
     check_config(config)
+    check_trackers(config.report_to)
     rank, world_size = init_from_env()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
