@@ -5,14 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 DATA=data
-TORCH_VERSION=2.13.0
-TORCHVISION_VERSION=0.28.0
+# torch/torchvision pairs that import together here: PyPI's torchvision wheels are CUDA builds,
+# which fail to load beside a CPU-only torch ('operator torchvision::nms does not exist').
+case "$(uname -m)" in
+  aarch64) TORCH_VERSION=2.9.1; TORCHVISION_VERSION=0.24.1 ;;
+  *) TORCH_VERSION=2.14.1; TORCHVISION_VERSION=0.29.1 ;;
+esac
 EMOJI_PACKAGE=emoji-datasource-google@16.0.0
 
 step() { printf '[setup] %s\n' "$*"; }
 
 # 1. Python environment. A torch already installed in the system Python (a user's GPU build) is
-#    reused through --system-site-packages and never replaced; otherwise the CPU build is pinned.
+#    reused through --system-site-packages and never replaced; otherwise the pair above is pinned.
 if [ ! -x "$VENV/bin/python" ]; then
   if python3 -c "import torch" >/dev/null 2>&1; then
     step "reusing the system torch $(python3 -c 'import torch; print(torch.__version__)')"
@@ -23,8 +27,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  step "installing torch $TORCH_VERSION (CPU build where available) and torchvision $TORCHVISION_VERSION"
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  step "installing torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION (on x86_64 the CUDA builds: they run on the CPU)"
   "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 TORCH_PIN="torch==$("$PY" -c 'import torch; print(torch.__version__)')"
