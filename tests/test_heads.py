@@ -60,6 +60,43 @@ def test_glu_is_layernorm_gated_relu6() -> None:
     torch.testing.assert_close(head(x), expected)
 
 
+def _glu_reference(head: GLUHead, x: torch.Tensor) -> torch.Tensor:
+    """The head written the plain way: two GEMMs, ReLU6, a product (the official StarMLP)."""
+    h = torch.nn.functional.layer_norm(x, x.shape[-1:], head.norm.weight, head.norm.bias)
+    return head.w_out(torch.nn.functional.relu6(head.w1(h)) * head.w2(h))
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_fused_glu_equals_the_two_gemm_head_with_gradients(dtype: torch.dtype | None) -> None:
+    """One GEMM over [W1; W2] and the one-step clamp-times-product give the plain head's
+    outputs and gradients, also where the gate hits the ReLU6 floor and ceiling."""
+    torch.manual_seed(0)
+    head = GLUHead(12, 6, width_factor=3)
+    with torch.no_grad():
+        head.w1.weight.mul_(10)  # gates wide enough to reach both ReLU6 bounds
+    x = torch.randn(2, 7, 12)
+
+    def run(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        inp = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = fn(inp)
+        grads = torch.autograd.grad(out.float().square().sum(), [inp, *head.parameters()])
+        return out, list(grads)
+
+    out, grads = run(head)
+    want, want_grads = run(lambda inp: _glu_reference(head, inp))
+    assert out.dtype == want.dtype
+    if dtype is None:
+        torch.testing.assert_close(out, want)
+        for got, ref in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(got, ref)
+    else:  # bf16: both round, in different orders; bound the relative error of each tensor
+        for got, ref in zip([out, *grads], [want, *want_grads], strict=True):
+            assert ((got.float() - ref.float()).norm() / ref.float().norm()) < 1e-2
+    gate = head.w1(torch.nn.functional.layer_norm(x, (12,), head.norm.weight, head.norm.bias))
+    assert (gate < 0).any() and (gate > 6).any()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_bf16_autocast_forward_backward_finite(kind: str) -> None:
     torch.manual_seed(0)

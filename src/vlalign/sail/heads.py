@@ -11,6 +11,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlalign.errors import UserError
@@ -28,8 +29,30 @@ class LinearHead(nn.Module):
         return self.proj(x)  # (..., in_dim) -> (..., out_dim)
 
 
+class _ClampedProduct(torch.autograd.Function):
+    """clamp(gate, 0, 6) * value in one pass, saving only its inputs (not the clamped gate)."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, value)
+        return gate.clamp(0.0, 6.0).mul_(value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate, value = ctx.saved_tensors
+        # ReLU6's derivative as a plain mask: robust in bf16 (the official nn.ReLU6 crashed
+        # there on some GPUs).
+        inside = (gate > 0.0) & (gate < 6.0)
+        return grad * value * inside, grad * gate.clamp(0.0, 6.0)
+
+
 class GLUHead(nn.Module):
-    """SAIL's gated head (the official code's StarMLP): LayerNorm, W_out(ReLU6(W1 x) * W2 x)."""
+    """SAIL's gated head (the official code's StarMLP): LayerNorm, W_out(ReLU6(W1 x) * W2 x).
+
+    W1 and W2 run as one GEMM over their stacked weights, and the clamp-times-product is one
+    autograd step that saves only the GEMM's output; parameters keep the names norm, w1, w2,
+    w_out (the official f1, f2, g).
+    """
 
     def __init__(self, in_dim: int, out_dim: int = 1024, width_factor: int = 8) -> None:
         super().__init__()
@@ -44,10 +67,10 @@ class GLUHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)  # (..., in_dim)
-        # ReLU6 as a clamp: its backward is a plain mask, robust in bf16 (the official
-        # nn.ReLU6 crashed there on some GPUs).
-        gate = torch.clamp(self.w1(x), 0.0, 6.0)  # (..., hidden)
-        return self.w_out(gate * self.w2(x))  # (..., out_dim)
+        weight = torch.cat([self.w1.weight, self.w2.weight])  # (2 hidden, in_dim)
+        bias = torch.cat([self.w1.bias, self.w2.bias])
+        gate, value = F.linear(x, weight, bias).chunk(2, dim=-1)  # (..., hidden) each
+        return self.w_out(_ClampedProduct.apply(gate, value))  # (..., out_dim)
 
 
 class MLPHead(nn.Module):

@@ -19,7 +19,11 @@ Contract shared by ``SigmoidLoss`` and ``InfoNCELoss``:
   backward by a custom autograd Function, so memory is O(b x block_size), never b x B, and the
   gradients are exact. Positives are found as a diagonal of each block: no label matrix.
   ``block_size=None`` is the same computation in one block.
-- The loss is computed in float32 with autocast off, whatever the embeddings' dtype.
+- Precision: under bf16 autocast the block matmuls take bf16 operands and accumulate in
+  float32 (on CUDA straight into float32 results, on the CPU rounded to bf16 per block, then
+  widened); everything elementwise (softplus, sigmoid, sums, the scale and bias) stays float32.
+  Outside autocast, and under fp16 autocast, the blocks are float32: in fp16 the negatives'
+  gradients (sigmoid(-10) = 4.5e-5) would be subnormal or flushed to zero.
 """
 
 from __future__ import annotations
@@ -48,85 +52,109 @@ def _blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
 
 
 def _float32(x: torch.Tensor) -> torch.autocast:
-    """Context that turns autocast off on x's device, so block matmuls run in float32."""
+    """Context that turns autocast off on x's device: the blocks choose their own dtype."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+def block_dtype(device: torch.device) -> torch.dtype:
+    """The matmul operand dtype of the loss blocks: bf16 under bf16 autocast, else float32."""
+    if torch.is_autocast_enabled(device.type) and (
+            torch.get_autocast_dtype(device.type) == torch.bfloat16):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b as float32, whatever the operands' dtype (fp32 accumulation in every case)."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return (a @ b).float()
+
+
+def _add_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc += a @ b, in place; acc is float32."""
+    return acc.addmm_(a, b) if a.dtype == torch.float32 else acc.add_(_mm(a, b))
 
 
 class _SigmoidSum(torch.autograd.Function):
     """Sum over rows x columns of -log sigmoid(label * (scale * row . col + bias)), blocked.
 
     Row i is positive (label +1) with column offset + i, negative (-1) with every other column.
+    ``dtype`` is the matmul operand dtype (see ``block_dtype``); results are float32.
     """
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, cols: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor, offset: int, block: int) -> torch.Tensor:
-        ctx.save_for_backward(rows, cols, scale, bias)
-        ctx.offset, ctx.block = offset, block
+                bias: torch.Tensor, offset: int, block: int, dtype: torch.dtype) -> torch.Tensor:
         total = rows.new_zeros(())
         with _float32(rows):
-            scaled = rows * scale  # (b, d)
+            scaled, low_cols = (rows * scale).to(dtype), cols.to(dtype)  # (b, d), (B, d)
             for start, stop in _blocks(cols.shape[0], block):
-                logits = torch.addmm(bias, scaled, cols[start:stop].T)  # (b, c)
+                logits = _mm(scaled, low_cols[start:stop].T).add_(bias)  # (b, c) float32
                 logits.diagonal(offset - start).neg_()  # positives: -log sigmoid(z) = softplus(-z)
                 total += F.softplus(logits).sum()
+        ctx.save_for_backward(rows, scaled, low_cols, scale, bias)
+        ctx.offset, ctx.block = offset, block
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, cols, scale, bias = ctx.saved_tensors
+        rows, scaled, cols, scale, bias = ctx.saved_tensors
         with _float32(rows):
-            scaled = rows * scale  # (b, d)
             grad_logits_cols = torch.zeros_like(rows)  # (b, d): sum_j G_ij col_j
-            grad_cols = torch.empty_like(cols)  # (B, d)
+            grad_cols = rows.new_empty(cols.shape)  # (B, d) float32
             grad_bias = rows.new_zeros(())
             for start, stop in _blocks(cols.shape[0], ctx.block):
-                grad = torch.addmm(bias, scaled, cols[start:stop].T).sigmoid_()  # (b, c) G
+                grad = _mm(scaled, cols[start:stop].T).add_(bias).sigmoid_()  # (b, c) G
                 grad.diagonal(ctx.offset - start).sub_(1.0)  # G = sigmoid(z) - [positive]
                 grad_bias += grad.sum()
-                grad_logits_cols.addmm_(grad, cols[start:stop])
-                grad_cols[start:stop] = grad.T @ scaled  # (c, d)
+                low = grad.to(cols.dtype)
+                _add_mm(grad_logits_cols, low, cols[start:stop])
+                grad_cols[start:stop] = _mm(low.T, scaled)  # (c, d)
             grad_scale = torch.dot(grad_logits_cols.view(-1), rows.view(-1))  # sum_ij G_ij cos_ij
         return (grad_logits_cols.mul_(scale * grad_total), grad_cols.mul_(grad_total),
-                grad_scale * grad_total, grad_bias * grad_total, None, None)
+                grad_scale * grad_total, grad_bias * grad_total, None, None, None)
 
 
 class _SoftmaxCrossEntropySum(torch.autograd.Function):
     """Sum over rows of cross-entropy of softmax(scale * row . cols) against column offset + i.
 
     The log-sum-exp is accumulated block by block; backward recomputes each block's softmax.
+    ``dtype`` is the matmul operand dtype (see ``block_dtype``); results are float32.
     """
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, cols: torch.Tensor, scale: torch.Tensor, offset: int,
-                block: int) -> torch.Tensor:
+                block: int, dtype: torch.dtype) -> torch.Tensor:
         positives, block_lse = rows.new_zeros(()), []
         with _float32(rows):
-            scaled = rows * scale  # (b, d)
+            scaled, low_cols = (rows * scale).to(dtype), cols.to(dtype)  # (b, d), (B, d)
             for start, stop in _blocks(cols.shape[0], block):
-                logits = scaled @ cols[start:stop].T  # (b, c)
+                logits = _mm(scaled, low_cols[start:stop].T)  # (b, c) float32
                 positives += logits.diagonal(offset - start).sum()
                 block_lse.append(torch.logsumexp(logits, dim=1))  # (b,)
             lse = torch.logsumexp(torch.stack(block_lse, dim=1), dim=1)  # (b,)
-        ctx.save_for_backward(rows, cols, scale, lse)
+        ctx.save_for_backward(rows, scaled, low_cols, scale, lse)
         ctx.offset, ctx.block = offset, block
         return lse.sum() - positives
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        rows, cols, scale, lse = ctx.saved_tensors
+        rows, scaled, cols, scale, lse = ctx.saved_tensors
         with _float32(rows):
-            scaled = rows * scale  # (b, d)
             grad_logits_cols = torch.zeros_like(rows)  # (b, d): sum_j G_ij col_j
-            grad_cols = torch.empty_like(cols)  # (B, d)
+            grad_cols = rows.new_empty(cols.shape)  # (B, d) float32
             for start, stop in _blocks(cols.shape[0], ctx.block):
-                grad = (scaled @ cols[start:stop].T).sub_(lse[:, None]).exp_()  # (b, c) softmax
+                grad = _mm(scaled, cols[start:stop].T).sub_(lse[:, None]).exp_()  # (b, c)
                 grad.diagonal(ctx.offset - start).sub_(1.0)  # G = softmax - one-hot target
-                grad_logits_cols.addmm_(grad, cols[start:stop])
-                grad_cols[start:stop] = grad.T @ scaled  # (c, d)
+                low = grad.to(cols.dtype)
+                _add_mm(grad_logits_cols, low, cols[start:stop])
+                grad_cols[start:stop] = _mm(low.T, scaled)  # (c, d)
             grad_scale = torch.dot(grad_logits_cols.view(-1), rows.view(-1))  # sum_ij G_ij cos_ij
         return (grad_logits_cols.mul_(scale * grad_total), grad_cols.mul_(grad_total),
-                grad_scale * grad_total, None, None)
+                grad_scale * grad_total, None, None, None)
 
 
 class ContrastiveLoss(nn.Module, abc.ABC):
@@ -173,6 +201,10 @@ class ContrastiveLoss(nn.Module, abc.ABC):
                              f"{tuple(image.shape)} and {tuple(text.shape)}")
 
     @abc.abstractmethod
+    def clamp_scale_(self) -> None:
+        """Bring the learnable scale back within its bounds (after each optimiser step)."""
+
+    @abc.abstractmethod
     def _pair_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """This rank's share of the loss for one text tensor (subclasses define it)."""
 
@@ -185,8 +217,10 @@ _SIGLIP = {"init_scale": 10.0, "scale_bounds": None, "init_bias": -10.0, "normal
 class SigmoidLoss(ContrastiveLoss):
     """Pairwise sigmoid loss with learnable scale and bias (SAIL; SigLIP with ``batch``).
 
-    logits = scale * image @ text.T + bias over the global batch, scale = exp(log_scale) clamped
-    to ``scale_bounds`` (no gradient beyond them); label +1 for the positive pair, -1 elsewhere;
+    logits = scale * image @ text.T + bias over the global batch, scale = exp(log_scale); the
+    trainer keeps it within ``scale_bounds`` with ``clamp_scale_`` after each optimiser step, as
+    the official SAIL trainer does (a clamp inside the forward would zero the gradient outside
+    the bounds while Lion kept moving the parameter); label +1 for the positive pair, -1 elsewhere;
     loss = -sum log sigmoid(label * logits), divided by |B|^2 (``normalize="pairs"``, SAIL) or by
     |B| (``"batch"``, SigLIP), |B| the global batch. Each rank sees all global texts as negatives
     of its local images; see the module docstring for the distributed share.
@@ -217,24 +251,31 @@ class SigmoidLoss(ContrastiveLoss):
 
     @property
     def scale(self) -> torch.Tensor:
-        """The logit scale in use: exp(log_scale), clamped to scale_bounds."""
-        scale = self.log_scale.float().exp()
-        return scale if self.scale_bounds is None else scale.clamp(*self.scale_bounds)
+        """The logit scale in use: exp(log_scale)."""
+        return self.log_scale.float().exp()
+
+    @torch.no_grad()
+    def clamp_scale_(self) -> None:
+        """Clamp log_scale in place to log(scale_bounds); call after each optimiser step."""
+        if self.scale_bounds is not None:
+            low, high = self.scale_bounds
+            self.log_scale.clamp_(math.log(low), math.log(high))
 
     def _pair_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         self._check(image, text)
         texts = self._gather(text)  # (B, d)
         n = texts.shape[0]
         total = _SigmoidSum.apply(image, texts, self.scale, self.bias.float(),
-                                  self.rank * image.shape[0], self.block_size or n)
+                                  self.rank * image.shape[0], self.block_size or n,
+                                  block_dtype(image.device))
         return total / (n * n if self.normalize == "pairs" else n)
 
 
 class InfoNCELoss(ContrastiveLoss):
     """Symmetric InfoNCE (CLIP): (CE image->text + CE text->image) / 2, learnable scale.
 
-    logits = scale * image @ text.T with scale = exp(log_scale) clamped to at most
-    ``max_scale``; each cross-entropy is averaged over the global batch |B|. Each rank's image
+    logits = scale * image @ text.T with scale = exp(log_scale), kept at most ``max_scale`` by
+    ``clamp_scale_`` after each optimiser step; each cross-entropy is averaged over the global batch |B|. Each rank's image
     rows see all global texts and its text rows all global images; see the module docstring.
     """
 
@@ -247,16 +288,22 @@ class InfoNCELoss(ContrastiveLoss):
 
     @property
     def scale(self) -> torch.Tensor:
-        """The logit scale in use: exp(log_scale), clamped to max_scale."""
-        return self.log_scale.float().exp().clamp(max=self.max_scale)
+        """The logit scale in use: exp(log_scale)."""
+        return self.log_scale.float().exp()
+
+    @torch.no_grad()
+    def clamp_scale_(self) -> None:
+        """Clamp log_scale in place to at most log(max_scale); call after each optimiser step."""
+        self.log_scale.clamp_(max=math.log(self.max_scale))
 
     def _pair_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         self._check(image, text)
         images, texts = self._gather(image), self._gather(text)  # (B, d), (B, d)
         n, offset = texts.shape[0], self.rank * image.shape[0]
         block, scale = self.block_size or n, self.scale
-        image_to_text = _SoftmaxCrossEntropySum.apply(image, texts, scale, offset, block)
-        text_to_image = _SoftmaxCrossEntropySum.apply(text, images, scale, offset, block)
+        dtype = block_dtype(image.device)
+        image_to_text = _SoftmaxCrossEntropySum.apply(image, texts, scale, offset, block, dtype)
+        text_to_image = _SoftmaxCrossEntropySum.apply(text, images, scale, offset, block, dtype)
         return (image_to_text + text_to_image) / (2 * n)
 
 

@@ -57,7 +57,9 @@ class SailModule(nn.Module):
 
     def forward(self, batch: Batch) -> StepOutput:
         """The loss share and one term per caption kind for a batch of stored features."""
-        texts = {kind: self.encode_text_features(t) for kind, t in zip(self.kinds, batch.texts)}
+        # one text-head pass over every caption kind stacked: fewer, larger GEMMs
+        stacked = self.encode_text_features(torch.cat(batch.texts))  # (kinds * b, d)
+        texts = dict(zip(self.kinds, stacked.chunk(len(batch.texts)), strict=True))
         return StepOutput(*self.loss(self.encode_image_features(batch.images), texts))
 
 
@@ -132,6 +134,10 @@ class SailTask(Task):
         """The heads' parameters: the loss's scale and bias move even when the heads cannot."""
         heads = (self.module.vision_head, self.module.text_head)
         return [p for head in heads for p in head.parameters() if p.requires_grad]
+
+    def after_step(self) -> None:
+        """Keep the logit scale within its bounds, as the official trainer does."""
+        self.module.loss.clamp_scale_()
 
     def export(self, run_dir: Path, step: int, info: dict[str, Any]) -> None:
         export_heads(self.module, run_dir, self.config, self.stores[0], step)
