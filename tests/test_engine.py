@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.data import create_source
@@ -21,6 +22,7 @@ from vlalign.sail import train as sail_train
 from vlalign.sail.config import HeadConfig, SailConfig
 from vlalign.store import EncodeOptions, encode_store
 from vlalign.store.stream import Batch
+from vlalign.train import loop
 from vlalign.train.config import OptimConfig
 from vlalign.train.guards import TrainingStalled
 from vlalign.train.loop import fit
@@ -231,3 +233,50 @@ def test_precision_rules_scale_fp16_and_allow_tf32_for_fp32_on_cuda() -> None:
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Counts the ops that make the host wait for the device (item, bool, float of a tensor)."""
+
+    SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.SYNCING
+        return func(*args, **(kwargs or {}))
+
+
+class _CountingBatches(RandomFeatures):
+    """Random features whose batch iterator records the host syncs of each step."""
+
+    def __init__(self, config: SailConfig, syncs: _HostSyncs) -> None:
+        super().__init__(config)
+        self.syncs, self.per_step = syncs, []
+
+    def batches(self, start: int, stop: int) -> Iterator[Batch]:
+        for _ in range(start, stop):
+            before = self.syncs.count
+            yield self.batch
+            self.per_step.append(self.syncs.count - before)  # the step that used this batch
+
+
+def test_no_host_sync_outside_logging_checkpoint_and_first_steps(tmp_path: Path) -> None:
+    """bf16/fp32 steps never wait for the device between logging steps (a GPU stays fed): the
+    non-finite watch lives on the device and is read only when something is logged or saved."""
+    config = SailConfig(vision_head=HeadConfig("linear"), text_head=HeadConfig("linear"),
+                        embed_dim=8, positives=["raw"], batch_size=16, epochs=40,
+                        precision="fp32", log_every=10, checkpoint_every=1000, device="cpu",
+                        optim=OptimConfig(lr=1e-3))
+    syncs = _HostSyncs()
+    task = _CountingBatches(config, syncs)
+    with syncs:
+        fit(task, config, RunDir(tmp_path / "run", resume=False), {}, progress=False)
+    first = loop.GUARD_EVERY_STEP_UNTIL
+    # the last step (39) ends the loop before its batch's count is recorded: steps 20..38
+    quiet = [n for step, n in enumerate(task.per_step[first:], start=first)
+             if (step + 1) % config.log_every]
+    assert len(quiet) == 18 and set(quiet) == {0}, task.per_step
+    assert task.per_step[29] > 0  # a logging step reads the watch (and logs)

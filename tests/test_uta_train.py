@@ -3,6 +3,7 @@ baselines, time budget, and batches/masks as pure functions of (seed, step)."""
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from vlalign.train.guards import TrainingDiverged
 from vlalign.train.schedule import UNBOUNDED_STEPS, Schedule
 from vlalign.uta import train as train_module
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
-from vlalign.uta.data import ImageRows, StepBatches
+from vlalign.uta.data import ImageRows, MaskingCollate, StepBatches
 from vlalign.uta.targets import StoredTargets, cache_targets, pack_targets, unpack_targets
 from vlalign.uta.teachers import create_teacher
 from vlalign.uta.train import step_keep, train_uta
@@ -219,13 +220,18 @@ def test_batches_and_masks_are_pure_functions_of_seed_and_step(teacher_dir: Path
         rows = one.rows_of(step)
         assert rows.tolist() == sorted(set(rows.tolist()), key=rows.tolist().index)
         assert rows.tolist() == two[0].rows_of(step).tolist() + two[1].rows_of(step).tolist()
-        keep = step_keep(config, step, 8, (4, 4), 0, 1)
-        assert torch.equal(keep, step_keep(config, step, 8, (4, 4), 0, 1))
-        halves = [step_keep(config, step, 8, (4, 4), r, 2) for r in (0, 1)]
-        assert torch.equal(keep, torch.cat(halves))
+        keep = step_keep(config, (4, 4), step, list(range(8)))
+        assert torch.equal(keep, step_keep(config, (4, 4), step, list(range(8))))
+        halves = [step_keep(config, (4, 4), step, list(range(4 * r, 4 * r + 4))) for r in (0, 1)]
+        assert torch.equal(keep, torch.cat(halves))  # each rank draws only its rows
+        # the loader's collate draws them per good item, at that item's global position
+        items = [{"pixels": torch.zeros(3, 2, 2), "label": 0, "step": step}] * 4
+        items[1] = {"bad": "unreadable", "step": step}
+        batch = MaskingCollate(partial(step_keep, config, (4, 4)), first_position=4)(items)
+        assert batch["bad"] == 1 and torch.equal(batch["keep"], keep[[4, 6, 7]])
     assert one.rows_of(0).tolist() != one.rows_of(8).tolist()  # a new epoch reshuffles
-    assert not torch.equal(step_keep(config, 0, 8, (4, 4), 0, 1),
-                           step_keep(config, 1, 8, (4, 4), 0, 1))
+    assert not torch.equal(step_keep(config, (4, 4), 0, list(range(8))),
+                           step_keep(config, (4, 4), 1, list(range(8))))
 
 
 def test_a_missing_tracker_package_fails_before_the_teacher_loads(

@@ -19,13 +19,35 @@ class TrainingStalled(UserError):
     """No gradient reached the model for several steps: the run would train nothing."""
 
 
-def check_finite(step: int, terms: dict[str, torch.Tensor], last_good: int | None) -> None:
-    """TrainingDiverged naming the first non-finite value (identical on every rank)."""
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
+class FiniteWatch:
+    """The first step whose loss or gradient norm was not finite, recorded on the device.
+
+    ``record`` costs no host sync, so a GPU step never waits for the host; ``check`` (one sync)
+    raises ``TrainingDiverged`` naming that step and value. The engine checks on every logging,
+    evaluation and checkpoint step, so a non-finite step stops the run before any checkpoint or
+    export can hold it.
+    """
+
+    NAMES = ("loss", "gradient norm")
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=device)
+
+    def record(self, step: int, name: str, value: torch.Tensor) -> None:
+        """Remember (step, name, value) if ``value`` is the first non-finite one seen."""
+        value = value.detach().to(torch.float64)
+        bad = (self.first[0] < 0) & ~torch.isfinite(value)
+        found = torch.stack([torch.full_like(value, step),
+                             torch.full_like(value, self.NAMES.index(name)), value])
+        self.first = torch.where(bad, found, self.first)
+
+    def check(self, last_good: int | None) -> None:
+        """TrainingDiverged for the first non-finite value recorded (identical on every rank)."""
+        if self.first[0].item() >= 0:  # the one host sync
+            step, which, value = self.first.tolist()
             where = f"step {last_good}" if last_good is not None else "none yet"
-            raise TrainingDiverged(f"non-finite {name} = {value.item()} at step {step}; "
-                                   f"stopped (last good checkpoint: {where})")
+            raise TrainingDiverged(f"non-finite {self.NAMES[int(which)]} = {value} at step "
+                                   f"{int(step)}; stopped (last good checkpoint: {where})")
 
 
 def _likely_cause(precision: str) -> str:

@@ -1,11 +1,14 @@
 """The training engine: one loop for SAIL, UTA and fine-tuning (a ``Task`` plugs in).
 
 Per step: learning rate from the schedule (steps or time budget), forward under the run's
-precision, the loss summed over ranks and checked finite, backward (loss-scaled under fp16,
-through DDP under torchrun: see ``task.py`` for the share convention), clipping after unscaling,
-the learning guard, the optimiser step. Logged steps go to ``metrics.jsonl`` and the trackers
-(rank 0); checkpoints are atomic and a resumed run equals an uninterrupted one bit for bit.
-Training time counts waiting for data and the step itself; evaluation and checkpoints do not.
+precision, the loss summed over ranks and watched for non-finite values on the device, backward
+(loss-scaled under fp16, through DDP under torchrun: see ``task.py`` for the share convention),
+clipping after unscaling, the learning guard, the optimiser step. The host syncs only on the
+first steps and on logging, evaluation and checkpoint steps (and every step under fp16, whose
+scaler syncs anyway), where the watch is checked: a non-finite step never reaches a checkpoint.
+Logged steps go to ``metrics.jsonl`` and the trackers (rank 0); checkpoints are atomic and a
+resumed run equals an uninterrupted one bit for bit. Training time counts waiting for data and
+the step itself; evaluation and checkpoints do not.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vlalign.train.config import TrainSettings
-from vlalign.train.guards import LearningGuard, SkipCounter, check_finite
+from vlalign.train.guards import FiniteWatch, LearningGuard, SkipCounter
 from vlalign.train.optim import create_optimizer
 from vlalign.train.precision import Precision
 from vlalign.train.run import RunDir
@@ -73,7 +76,7 @@ def fit(task: Task, settings: TrainSettings, run: RunDir, config: dict[str, Any]
     params = [p for p in module.parameters() if p.requires_grad]
     guard = LearningGuard(task.watched_parameters(), settings.learning_guard_steps,
                           precision.name)
-    skips = SkipCounter()
+    skips, watch = SkipCounter(), FiniteWatch(task.device)
     trackers = []
     if rank == 0:
         trackers = create_trackers(settings.report_to, run.path, config, run.resume)
@@ -96,17 +99,21 @@ def fit(task: Task, settings: TrainSettings, run: RunDir, config: dict[str, Any]
             with precision.autocast():
                 out = runner(batch)
             reduced = _global_values(out)
-            check_finite(step, {"loss": reduced["loss"]}, last_good)
+            watch.record(step, "loss", reduced["loss"])
             optimizer.zero_grad(set_to_none=True)
             precision.backward(out.loss * world_size, optimizer)
             grad_norm = nn.utils.clip_grad_norm_(params, optim.grad_clip or math.inf)
-            finite = bool(torch.isfinite(grad_norm))
-            if not finite and precision.scaler is None:
-                check_finite(step, {"gradient norm": grad_norm}, last_good)
+            if precision.scaler is None:  # fp16's scaler skips non-finite steps itself
+                watch.record(step, "gradient norm", grad_norm)
             done = step + 1
             logged = done % settings.log_every == 0
-            if finite and (step < GUARD_EVERY_STEP_UNTIL or logged):
-                guard.observe(step)
+            # Host syncs only here: fp16's scaler syncs each step anyway; otherwise the first
+            # steps and logging steps (and checkpoint/evaluation steps, below).
+            checked = precision.scaler is not None or step < GUARD_EVERY_STEP_UNTIL or logged
+            if checked:
+                watch.check(last_good)
+                if precision.scaler is None or bool(torch.isfinite(grad_norm)):
+                    guard.observe(step)
             applied = precision.step(optimizer)
             skips.record(applied, step, last_good)
             if applied:
@@ -118,6 +125,9 @@ def fit(task: Task, settings: TrainSettings, run: RunDir, config: dict[str, Any]
             final = done == schedule.stop or schedule.out_of_time(train_s)
             evaluate_now = evaluate is not None and (
                 final or (settings.eval_every and done % settings.eval_every == 0))
+            checkpoint_now = done % settings.checkpoint_every == 0 or final
+            if not checked and (evaluate_now or checkpoint_now):
+                watch.check(last_good)
             if logged or final or evaluate_now:
                 metrics = {"step": done, "epoch": round(done / task.steps_per_epoch, 4),
                            "lr": lr, **{k: float(v) for k, v in reduced.items()},
@@ -138,7 +148,7 @@ def fit(task: Task, settings: TrainSettings, run: RunDir, config: dict[str, Any]
                     tracker.log(metrics, done)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", data=f"{data_s:.2f}s",
                                 step=f"{step_s - data_s:.2f}s", refresh=False)
-            if done % settings.checkpoint_every == 0 or final:
+            if checkpoint_now:
                 run.save(done, train_s, module, optimizer, precision)
                 last_good = done
             bar.update(1)

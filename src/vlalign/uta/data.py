@@ -11,7 +11,7 @@ targets (``uta.targets.cache_targets``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,8 @@ class ImageRows(Dataset):
             item = {"pixels": image_to_tensor(image, self.preprocess),
                     "label": -1 if example.label is None else int(example.label)}
         except BadItem as bad:
-            return {"bad": f"{source.name} item {self.items[part][local]}: {bad}"}
+            return {"bad": f"{source.name} item {self.items[part][local]}: {bad}", "step": step}
+        item["step"] = step
         if self.targets is not None:
             item["targets"] = torch.from_numpy(np.array(self.targets[part][local]))
         return item
@@ -85,10 +86,28 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     good = [item for item in items if "bad" not in item]
     if not good:
         raise DataError(f"every item of a batch is unusable, e.g. {items[0]['bad']}")
-    batch = {key: torch.stack([item[key] for item in good]) for key in good[0] if key != "label"}
+    scalars = ("label", "step")
+    batch = {key: torch.stack([item[key] for item in good]) for key in good[0]
+             if key not in scalars}
     batch["label"] = torch.tensor([item["label"] for item in good])
     batch["bad"] = len(items) - len(good)
     return batch
+
+
+class MaskingCollate:
+    """``collate`` plus each good item's kept patch indices (``keep``), drawn in the loader's
+    worker: ``keep_fn(step, positions)`` gets the items' positions in the global batch (this
+    rank's rows start at ``first_position``)."""
+
+    def __init__(self, keep_fn: Callable[[int, list[int]], torch.Tensor],
+                 first_position: int) -> None:
+        self.keep_fn, self.first_position = keep_fn, first_position
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(items)
+        positions = [self.first_position + i for i, item in enumerate(items) if "bad" not in item]
+        batch["keep"] = self.keep_fn(items[0]["step"], positions)
+        return batch
 
 
 class StepBatches(Sampler[list[tuple[int, int]]]):

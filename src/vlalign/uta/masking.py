@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 STRATEGIES = ("random", "block", "reversed_block")
@@ -115,6 +117,21 @@ def sample_keep(batch: int, grid: tuple[int, int], ratio: float = 0.5, strategy:
         else:
             rows.append(_grow_blocks(grid, kept, rng, smallest, largest, overhang=True))
     return torch.tensor(rows, dtype=torch.long).view(batch, kept)
+
+
+def keep_for_positions(seed: int, step: int, positions: Sequence[int], grid: tuple[int, int],
+                       ratio: float, strategy: str) -> torch.Tensor:
+    """Kept indices (len(positions) x K) for rows at these positions of global batch ``step``.
+
+    Each row's mask comes from its own generator, seeded by (seed, step, position): a rank, or a
+    loader worker, draws just its rows, and row p's mask is the same for any number of ranks.
+    """
+    rows = []
+    for position in positions:
+        row_seed = int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0])
+        rows.append(sample_keep(1, grid, ratio, strategy, generator=row_seed)[0])
+    return torch.stack(rows) if rows else torch.zeros(0, num_kept(grid[0] * grid[1], ratio),
+                                                        dtype=torch.long)
 
 
 def keep_to_mask(keep: torch.Tensor, num_patches: int) -> torch.Tensor:

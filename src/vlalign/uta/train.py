@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,9 +32,9 @@ from vlalign.train.task import StepOutput, Task
 from vlalign.train.trackers import check_trackers
 from vlalign.uta.artifact import save_student
 from vlalign.uta.config import StudentSpec, UtaConfig, check_config
-from vlalign.uta.data import ImageRows, StepBatches, collate, open_stores
+from vlalign.uta.data import ImageRows, MaskingCollate, StepBatches, collate, open_stores
 from vlalign.uta.loss import distill_loss, mim_loss, uta_loss
-from vlalign.uta.masking import keep_to_mask, sample_keep
+from vlalign.uta.masking import keep_for_positions, keep_to_mask
 from vlalign.uta.student import StudentConfig, UTAStudent, student_config
 from vlalign.uta.targets import StoredTargets, cache_targets, stored_backbone, unpack_targets
 from vlalign.uta.teachers import Teacher, TeacherOutput, create_teacher
@@ -96,15 +97,12 @@ def build_student_config(spec: StudentSpec, teacher: Teacher, grid: tuple[int, i
         raise UserError(f"config student: {error}") from None
 
 
-def step_keep(config: UtaConfig, step: int, batch_size: int, grid: tuple[int, int], rank: int,
-              world_size: int) -> torch.Tensor:
-    """This rank's kept indices of global batch ``step``: drawn for the whole global batch
-    from a generator seeded by (seed, step), then sliced, so N ranks see one process's masks."""
-    seed = int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0])
-    keep = sample_keep(batch_size, grid, config.mask.ratio, config.mask.strategy,
-                       generator=torch.Generator().manual_seed(seed))
-    local = batch_size // world_size
-    return keep[rank * local:(rank + 1) * local]
+def step_keep(config: UtaConfig, grid: tuple[int, int], step: int,
+              positions: list[int]) -> torch.Tensor:
+    """Kept indices for the rows at ``positions`` of global batch ``step``: each row's own
+    draw (seeded by seed, step, position), so N ranks see one process's masks."""
+    return keep_for_positions(config.seed, step, positions, grid, config.mask.ratio,
+                              config.mask.strategy)
 
 
 class UtaTask(Task):
@@ -143,10 +141,14 @@ class UtaTask(Task):
 
     def batches(self, start: int, stop: int) -> Iterator[StudentBatch]:
         config, grid = self.config, self.student_config.grid
+        collate_fn = collate
+        if config.objective != "distill":  # masks drawn beside the decoding, in the workers
+            first = self.rank * (config.batch_size // self.world_size)
+            collate_fn = MaskingCollate(partial(step_keep, config, grid), first)
         loader = DataLoader(self.data, batch_sampler=self.stream.span(start, stop),
-                            collate_fn=collate, num_workers=config.num_workers,
+                            collate_fn=collate_fn, num_workers=config.num_workers,
                             prefetch_factor=4 if config.num_workers else None)
-        for step, batch in enumerate(loader, start=start):
+        for batch in loader:
             began = time.perf_counter()
             pixels = batch["pixels"].to(self.device, non_blocking=True)
             if "targets" in batch:
@@ -158,10 +160,7 @@ class UtaTask(Task):
             if self.student_config.img_size != pixels.shape[-1]:
                 pixels = F.interpolate(pixels, size=(self.student_config.img_size,) * 2,
                                        mode="bilinear", antialias=True, align_corners=False)
-            keep = None
-            if config.objective != "distill":
-                keep = step_keep(config, step, config.batch_size, grid, self.rank,
-                                 self.world_size)[:len(pixels)].to(self.device)
+            keep = batch["keep"].to(self.device) if "keep" in batch else None
             yield StudentBatch(pixels, keep, targets, batch["bad"], teacher_s)
 
     def identity(self) -> dict[str, Any]:
