@@ -7,6 +7,8 @@ from vlalign.backbones.base import (
     VisionEncoder,
     VisionOutput,
     image_to_tensor,
+    normalise,
+    to_uint8,
 )
 from vlalign.backbones.registry import (
     TEXT_SCHEMES,
@@ -28,4 +30,6 @@ __all__ = [
     "create_vision_encoder",
     "image_to_tensor",
     "list_stages",
+    "normalise",
+    "to_uint8",
 ]

@@ -1,12 +1,13 @@
-"""The two small protocols every frozen encoder implements, the text encoders' shared base, and
-the shared pooling and identity helpers."""
+"""The two small protocols every frozen encoder implements, the text encoders' shared base, each
+encoder's pixel recipe (``Preprocess``) and the functions that apply it, and the shared pooling
+and identity helpers."""
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,19 +36,115 @@ class VisionOutput:
     cls: torch.Tensor | None = None
 
 
+RESIZE_MODES = ("shortest", "squash")
+CROP_ROUNDINGS = ("round", "floor")
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+_RECIPE_KEYS = ("size", "resize", "resize_size", "crop", "crop_rounding", "interpolation",
+                "mean", "std", "rescale")
+
+
 @dataclass
 class Preprocess:
-    """How an encoder wants its pixels: square resize to ``size``, then (x/255 - mean) / std."""
+    """How an encoder wants its pixels: the steps of its own library's eval transform.
+
+    1. RGB; 2. resize with PIL's ``interpolation`` filter (antialiased, as every library's PIL
+    path does): ``resize="shortest"`` scales the shorter edge to the int ``resize_size`` keeping
+    the aspect ratio (the longer edge ``int(S * long / short)``, as torchvision and transformers
+    compute it), ``"squash"`` resizes to ``resize_size`` = (height, width); 3. centre crop to
+    ``crop`` x ``crop`` (zero padding where the image is smaller), the offset rounded like
+    torchvision (``"round"``: timm, open_clip, torchvision) or transformers (``"floor"``);
+    4. ``(x * rescale - mean) / std``. ``size`` is the side of the square the encoder receives:
+    ``crop`` when there is one, else the squash size. The defaults (squash to size x size, no
+    crop) are what vlalign did before it followed each library. ``to_uint8`` runs steps 1-3,
+    ``normalise`` step 4; ``image_to_tensor`` both.
+    """
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
-    extra: dict[str, Any] = field(default_factory=dict)
+    resize: str = "squash"
+    resize_size: int | tuple[int, int] | None = None  # None: size (x size)
+    crop: int | None = None
+    crop_rounding: str = "round"
+    rescale: float = 1 / 255
+
+    def __post_init__(self) -> None:
+        self.size = int(self.size)
+        self.mean, self.std = _triple(self.mean, "mean"), _triple(self.std, "std")
+        if self.resize not in RESIZE_MODES:
+            raise UserError(f"unknown resize mode {self.resize!r}; valid: "
+                            f"{', '.join(RESIZE_MODES)}")
+        if self.interpolation not in RESAMPLE:
+            raise UserError(f"unknown interpolation {self.interpolation!r}; valid: "
+                            f"{', '.join(RESAMPLE)}")
+        if self.crop_rounding not in CROP_ROUNDINGS:
+            raise UserError(f"unknown crop rounding {self.crop_rounding!r}; valid: "
+                            f"{', '.join(CROP_ROUNDINGS)}")
+        if self.resize_size is None:
+            self.resize_size = self.size if self.resize == "shortest" else (self.size, self.size)
+        if self.resize == "squash":
+            side = self.resize_size
+            self.resize_size = (int(side), int(side)) if isinstance(side, (int, float)) else (
+                int(side[0]), int(side[1]))
+        else:
+            self.resize_size = int(self.resize_size)
+        self.crop = None if self.crop is None else int(self.crop)
+        square = self.resize == "squash" and self.resize_size == (self.size, self.size)
+        if self.crop not in (None, self.size) or (self.crop is None and not square):
+            raise UserError(f"preprocessing {self.summary()} does not give {self.size} x "
+                            f"{self.size} pixels; the crop must be the input size")
+        self.rescale = float(self.rescale)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, **self.extra}
+        """JSON-ready; ``Preprocess.from_dict`` reads it back (and older size/mean/std records)."""
+        side = self.resize_size
+        return {"size": self.size, "resize": self.resize,
+                "resize_size": list(side) if isinstance(side, tuple) else side,
+                "crop": self.crop, "crop_rounding": self.crop_rounding,
+                "interpolation": self.interpolation, "mean": list(self.mean),
+                "std": list(self.std), "rescale": self.rescale}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Preprocess:
+        """From ``to_dict``; a record from before resize/crop were kept is the square resize
+        vlalign applied then."""
+        return cls(**{k: record[k] for k in _RECIPE_KEYS if k in record})
+
+    def with_size(self, side: int) -> Preprocess:
+        """The same recipe for a ``side`` x ``side`` input: the resize scales by side/size
+        (floored), so the crop keeps its share of the image (256 -> 224 becomes 512 -> 448)."""
+        side = int(side)
+        if side == self.size:
+            return self
+        if self.resize == "shortest":
+            resize_size: int | tuple[int, int] = self.resize_size * side // self.size
+        else:
+            resize_size = tuple(s * side // self.size for s in self.resize_size)
+        return replace(self, size=side, resize_size=resize_size,
+                       crop=None if self.crop is None else side)
+
+    def whole_image(self) -> Preprocess:
+        """The same pixels without a crop: the whole image squashed to size x size, for token
+        maps that must cover it (dense tasks)."""
+        return replace(self, resize="squash", resize_size=(self.size, self.size), crop=None)
+
+    def summary(self) -> str:
+        """One line for messages, e.g. 'shortest edge 256, crop 224, bicubic'."""
+        side = self.resize_size
+        resize = (f"shortest edge {side}" if self.resize == "shortest"
+                  else f"squash {side[0]}x{side[1]}")
+        crop = f", crop {self.crop} ({self.crop_rounding})" if self.crop else ""
+        return f"{resize}{crop}, {self.interpolation}"
+
+
+def _triple(values: Any, what: str) -> tuple[float, float, float]:
+    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values] * 3)]
+    if len(values) != 3:
+        raise UserError(f"{what} must have 3 values (RGB), got {values}")
+    return values[0], values[1], values[2]
 
 
 @runtime_checkable
@@ -111,19 +208,57 @@ class BaseTextEncoder(ABC):
         """len(texts) x dim embeddings of one batch (any float dtype and device)."""
 
 
-_INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+def resized_size(width: int, height: int, pre: Preprocess) -> tuple[int, int]:
+    """(width, height) of an image after ``pre``'s resize step."""
+    if pre.resize == "squash":
+        return pre.resize_size[1], pre.resize_size[0]
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(pre.resize_size * long / short)  # torchvision's and transformers' rounding
+    return (pre.resize_size, new_long) if width <= height else (new_long, pre.resize_size)
+
+
+def crop_offset(length: int, crop: int, rounding: str) -> int:
+    """Where a centre crop of ``crop`` starts along an edge of ``length`` (negative: padding)."""
+    if rounding == "floor":  # transformers: (n - c) // 2, padding ceil((c - n) / 2) first
+        return (length - crop) // 2
+    if crop > length:  # torchvision pads floor((c - n) / 2) first
+        return -((crop - length) // 2)
+    return int(round((length - crop) / 2.0))  # torchvision: round half to even
+
+
+def to_uint8(image: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """One PIL image -> 3 x size x size uint8 (RGB, resized, centre-cropped; not normalised).
+
+    A channels-first view of the pixels' row-major memory, as the loader can ship it."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    size = resized_size(image.width, image.height, pre)
+    if image.size != size:
+        image = image.resize(size, RESAMPLE[pre.interpolation])
+    if pre.crop is not None:
+        left = crop_offset(image.width, pre.crop, pre.crop_rounding)
+        top = crop_offset(image.height, pre.crop, pre.crop_rounding)
+        if (left, top) != (0, 0) or image.size != (pre.crop, pre.crop):
+            # PIL fills what lies outside the image with 0, like both libraries' padding
+            image = image.crop((left, top, left + pre.crop, top + pre.crop))
+    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return x.view(pre.size, pre.size, 3).permute(2, 0, 1)
+
+
+def normalise(pixels: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """uint8 pixels (3 x H x W or B x 3 x H x W, on any device) -> float32
+    ``(x * rescale - mean) / std``, in torchvision's order of operations (ToTensor's x / 255,
+    then Normalize), so it is bit-exact with the timm and open_clip transforms."""
+    x = pixels.to(torch.float32, copy=True)
+    x = x.div_(255.0) if pre.rescale == 1 / 255 else x.mul_(pre.rescale)
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return x.sub_(mean).div_(std)
 
 
 def image_to_tensor(image: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """Convert one PIL image to a normalised 3 x size x size float tensor (square resize)."""
-    image = image.convert("RGB")
-    if image.size != (pre.size, pre.size):
-        image = image.resize((pre.size, pre.size), _INTERPOLATION[pre.interpolation])
-    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    x = x.view(pre.size, pre.size, 3).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(pre.mean).view(3, 1, 1)
-    std = torch.tensor(pre.std).view(3, 1, 1)
-    return (x - mean) / std
+    """One PIL image -> the normalised 3 x size x size float tensor the encoder takes."""
+    return normalise(to_uint8(image, pre), pre)
 
 
 def pool_feature_map(fmap: torch.Tensor, mode: str) -> torch.Tensor:

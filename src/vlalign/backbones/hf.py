@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 import socket
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import torch
 
@@ -34,14 +35,30 @@ from vlalign.backbones.base import (
     reject_stage,
     released,
 )
+from vlalign.backbones.text_recipes import (
+    PROMPT_OPTIONS,
+    TOKEN_POOLS,
+    TextRecipe,
+    describe_output,
+    known_recipe,
+    pool_tokens,
+    pooled_output,
+    resolve_prompt,
+    resolved_option,
+    st_max_length,
+    st_pooling,
+    st_prompts,
+    token_states,
+)
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
 
+log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HUB_PROBE_SECONDS = 2.0
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 # --- Hub resolution -----------------------------------------------------------------------------
@@ -117,6 +134,52 @@ def hub_file(repo: str, filenames: tuple[str, ...], kind: str) -> Path:
     raise UserError(f"{kind} repo {repo!r} has none of {', '.join(filenames)}")
 
 
+def external_code_refs(folder: Path) -> dict[str, set[str]]:
+    """Hub repos whose code a folder's ``auto_map`` names (``"org/repo--module.Class"``, as
+    GTE-en-v1.5 points at ``Alibaba-NLP/new-impl``) -> their module files, from config.json and
+    tokenizer_config.json. References without ``--`` are modelling files inside the folder."""
+    refs: dict[str, set[str]] = {}
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((folder / filename).read_text()).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for ref in auto_map.values() if isinstance(auto_map, dict) else []:
+            for item in ref if isinstance(ref, (list, tuple)) else [ref]:
+                if isinstance(item, str) and "--" in item:
+                    repo, _, target = item.partition("--")
+                    refs.setdefault(repo, set()).add(target.split(".")[0] + ".py")
+    return refs
+
+
+def fetch_remote_code(folder: Path, name: str, kind: str) -> None:
+    """Make sure the Python files of every repo ``external_code_refs`` names are in the Hub
+    cache, where transformers looks with ``local_files_only=True``: found there, or downloaded
+    (``*.py`` only) after the connect probe; offline, a one-line UserError naming both."""
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    for repo, modules in external_code_refs(folder).items():
+        if all(isinstance(try_to_load_from_cache(repo, m), str) for m in sorted(modules)):
+            continue
+        if not hub_reachable():
+            raise UserError(f"{kind} model {name!r} runs custom code from the Hub repo {repo!r}, "
+                            "which is not in the local Hub cache, and the model hub is "
+                            "unreachable (offline); run once online to cache it")
+        try:
+            snapshot_download(repo, allow_patterns=["*.py"])
+        except Exception as err:  # noqa: BLE001  (any Hub failure: one line, named)
+            raise UserError(f"{kind} model {name!r}: cannot download the code repo {repo!r} its "
+                            f"auto_map names: {_one_line(err)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line, with a hint when custom code was refused."""
+    text = " ".join(str(err).split())
+    if "trust_remote_code" in text:
+        text += " (pass remote_code=1 in the spec to run the model's own code)"
+    return text
+
+
 # --- transformers loading -----------------------------------------------------------------------
 
 @contextmanager
@@ -144,8 +207,9 @@ def _load_pretrained(model_cls: Any, folder: Path, remote_code: bool,
             model, info = model_cls.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=remote_code,
                 output_loading_info=True, **kwargs)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a transformers model from {folder}: {err}") from err
+    except (OSError, ValueError, ImportError) as err:
+        raise UserError(f"cannot load a transformers model from {folder}: {_one_line(err)}"
+                        ) from err
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
     bad = missing + [k for k in info.get("mismatched_keys", [])]
     if bad:
@@ -164,39 +228,110 @@ def _tower_config(config: Any, tower: str) -> Any:
     return sub
 
 
-def _config(folder: Path, remote_code: bool) -> Any:
+def _config(folder: Path, remote_code: bool, name: str | None = None, kind: str = "hf") -> Any:
+    """The folder's AutoConfig; with remote_code, code its auto_map names in other Hub repos is
+    fetched into the cache first (``fetch_remote_code``)."""
     from transformers import AutoConfig
 
+    if remote_code:
+        fetch_remote_code(folder, name or str(folder), kind)
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True,
                                           trust_remote_code=remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read a transformers config in {folder}: {err}") from err
+    except (OSError, ValueError, ImportError) as err:
+        raise UserError(f"cannot read a transformers config in {folder}: {_one_line(err)}"
+                        ) from err
 
 
 def _is_clip(config: Any) -> bool:
     return config.model_type in ("clip", "clip_vision_model", "clip_text_model")
 
 
-def _preprocess(folder: Path, config: Any, size: int | None) -> Preprocess:
-    """Square-resize recipe from preprocessor_config.json, else the config's image size."""
-    vision = getattr(config, "vision_config", config)
-    clip = _is_clip(config)
-    default_size = getattr(vision, "image_size", 224)
-    raw: dict[str, Any] = {}
+def _preprocess(folder: Path, config: Any, size: int | None, remote_code: bool) -> Preprocess:
+    """The checkpoint's image processor (preprocessor_config.json) as a Preprocess; without one,
+    a square resize to the config's image_size. ``size``: the input side instead (the resize
+    before a crop scales with it, see ``Preprocess.with_size``)."""
     if (folder / "preprocessor_config.json").is_file():
-        raw = json.loads((folder / "preprocessor_config.json").read_text())
-    side = raw.get("crop_size") if raw.get("do_center_crop", True) else None
-    side = side or raw.get("size") or default_size
-    if isinstance(side, dict):
-        side = side.get("height") or side.get("shortest_edge") or default_size
-    if isinstance(side, (list, tuple)):
-        side = side[0]
+        pre = _processor_preprocess(folder, remote_code)
+    else:
+        vision = getattr(config, "vision_config", config)
+        side = getattr(vision, "image_size", 224)
+        clip = _is_clip(config)
+        pre = Preprocess(size=int(side if isinstance(side, int) else side[0]),
+                         mean=CLIP_MEAN if clip else IMAGENET_MEAN,
+                         std=CLIP_STD if clip else IMAGENET_STD, interpolation="bicubic")
+    return pre.with_size(size) if size else pre
+
+
+def _processor_preprocess(folder: Path, remote_code: bool) -> Preprocess:
+    """What ``AutoImageProcessor`` (PIL backend) does to an image, as a Preprocess: ``size``
+    {shortest_edge} or {height, width}, ``do_center_crop`` + ``crop_size`` (transformers'
+    floor rounding), ``resample``, ``do_rescale`` + ``rescale_factor``, ``do_normalize`` +
+    ``image_mean``/``image_std``; ConvNeXT's crop_pct resize too. Processors that override the
+    standard steps otherwise get those standard steps, with a warning."""
+    from transformers import AutoImageProcessor
+
+    proc, error = None, None
+    for backend in ({"backend": "pil"}, {}):  # PIL's steps are vlalign's; the settings are equal
+        try:
+            proc = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True,
+                                                      trust_remote_code=remote_code, **backend)
+            break
+        except (OSError, ValueError, KeyError, ImportError) as err:
+            error = err
+    if proc is None:
+        raise UserError(f"cannot read the image processor in {folder}: {error}") from error
+    name = type(proc).__name__
+    _warn_if_custom(proc, name)
+    size, crop_size = proc.size, getattr(proc, "crop_size", None)
+    shortest, height, width = (_size_field(size, k) for k in ("shortest_edge", "height", "width"))
+    crop = (_size_field(crop_size, "height"), _size_field(crop_size, "width")) if (
+        getattr(proc, "do_center_crop", False) and crop_size) else None
+    if name.startswith("ConvNext") and shortest:  # its own resize (ConvNextImageProcessorPil)
+        if shortest < 384:  # the shorter edge to shortest / crop_pct, then a crop of shortest
+            crop = (shortest, shortest)
+            shortest = int(shortest / (getattr(proc, "crop_pct", None) or 224 / 256))
+        else:  # a square resize to shortest
+            shortest, height, width = None, shortest, shortest
+    resize = "shortest" if shortest else "squash"
+    if not getattr(proc, "do_resize", True) or not (shortest or (height and width)) or (
+            _size_field(size, "longest_edge")) or (crop and crop[0] != crop[1]):
+        raise UserError(f"{folder}: {name} with size {size}, crop {crop_size} and do_resize "
+                        f"{getattr(proc, 'do_resize', True)} is not supported (a square input "
+                        "from shortest_edge + crop, or height/width)")
+    side = crop[0] if crop else height
+    resample = getattr(proc, "resample", None)
+    mean, std = (proc.image_mean, proc.image_std) if proc.do_normalize else (0.0, 1.0)
     return Preprocess(
-        size=size or int(side),
-        mean=tuple(raw.get("image_mean", CLIP_MEAN if clip else IMAGENET_MEAN)),
-        std=tuple(raw.get("image_std", CLIP_STD if clip else IMAGENET_STD)),
-        interpolation=_PIL_RESAMPLE.get(raw.get("resample", 3), "bicubic"))
+        size=side, mean=mean, std=std,
+        interpolation=_PIL_RESAMPLE.get(2 if resample is None else int(resample), "bicubic"),
+        resize=resize, resize_size=shortest if resize == "shortest" else (height, width),
+        crop=side if crop else None, crop_rounding="floor",
+        rescale=proc.rescale_factor if proc.do_rescale else 1.0)
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    """One field of a transformers size (SizeDict, dict or a plain int for both sides)."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size if key in ("height", "width") else None
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return None if value is None else int(value)
+
+
+def _warn_if_custom(proc: Any, name: str) -> None:
+    """Warn when a processor replaces the standard resize / crop / preprocess steps."""
+    try:
+        from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+    except ImportError:  # older transformers: no backends to compare with
+        return
+    base = next((b for b in (PilBackend, TorchvisionBackend) if isinstance(proc, b)), None)
+    custom = [m for m in ("resize", "center_crop", "_preprocess")
+              if base is not None and getattr(type(proc), m) is not getattr(base, m)]
+    if custom and not name.startswith("ConvNext"):
+        log.warning("%s overrides %s; vlalign applies the standard steps of its config, which "
+                    "may differ from its own", name, ", ".join(custom))
 
 
 class HFVisionEncoder:
@@ -209,7 +344,8 @@ class HFVisionEncoder:
     """
 
     POOLS = ("auto", "clsmean", "cls", "mean", "proj", "avg", "max", "avgmax")
-    # size=0: the checkpoint's own input size.
+    # size=0: the checkpoint's own input size; size=N: N x N inputs (the crop, with the resize
+    # before it scaled alike: DINOv2's 256 -> 224 becomes 512 -> 448 at size=448).
     OPTIONS = {"pool": Option("auto", POOLS), "size": Option(0, minimum=0),
                "remote_code": Option(False)}
 
@@ -236,7 +372,7 @@ class HFVisionEncoder:
         self.native_size = getattr(vision, "image_size", None)
         self.accepts_interpolate = "interpolate_pos_encoding" in inspect.signature(
             self.model.forward).parameters
-        self.preprocess = _preprocess(folder, config, opts["size"] or None)
+        self.preprocess = _preprocess(folder, config, opts["size"] or None, remote)
         self.identity = make_identity(spec, folder_weights_tag(folder), opts)
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -292,49 +428,173 @@ class HFVisionEncoder:
 
 
 class HFTextEncoder(BaseTextEncoder):
-    """transformers text model. BERT-style: masked mean (``pool=mean``, default) or CLS of the
-    last hidden state, not normalised. CLIP checkpoints: ``text_embeds`` of
-    CLIPTextModelWithProjection (CLIP's joint space, not normalised)."""
+    """transformers text model -> one vector per text, not normalised.
 
-    OPTIONS = {"pool": Option("auto", ("auto", "mean", "cls", "proj")),
-               "max_length": Option(512, minimum=1), "batch_size": Option(64, minimum=1),
-               "remote_code": Option(False)}
+    ``pool``: ``mean`` (masked mean of the last hidden state), ``cls`` (first real token),
+    ``last`` (last real token, per row, left or right padding: gte-Qwen2 and other decoder
+    embedders), ``proj`` (CLIP's ``text_embeds``, the joint space), ``model`` (the one pooled
+    vector the forward returns, e.g. the ``sentence_embeddings`` of a forward returning a dict),
+    ``encode`` (the model's own ``encode(texts, instruction=, max_length=)``, NV-Embed style: its
+    EOS and latent-attention pooling). ``auto`` picks, in order: the ``KNOWN_TEXT_MODELS`` entry
+    (GTE-en-v1.5 cls, gte-Qwen2 last, NV-Embed-v2 encode), proj for CLIP, encode when the model
+    has an ``encode`` taking ``instruction``, the folder's sentence-transformers pooling
+    (``1_Pooling/config.json``: cls, mean or lasttoken), model when the forward has no token
+    states but one pooled vector, else mean.
+
+    ``max_length`` (0: the known model's, else ``sentence_bert_config.json``'s, else 512; at most
+    the position limit), ``prompt``/``instruction``/``prompt_name`` (a prefix for every text,
+    see ``resolve_prompt``; the encode path passes it as ``instruction=``), ``remote_code`` (run
+    the checkpoint's own modelling code; the known models default to on).
+    """
+
+    POOLS = ("auto", "mean", "cls", "last", "proj", "model", "encode")
+    OPTIONS = {"pool": Option("auto", POOLS), "max_length": Option(0, minimum=0),
+               "batch_size": Option(64, minimum=1), "remote_code": Option(False),
+               **PROMPT_OPTIONS}
+    DEFAULT_MAX_LENGTH = 512
 
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
         opts = validate_options(spec, self.OPTIONS)
+        known = known_recipe(spec.name)
         folder = local_model_dir(spec.name, "hf")
-        remote = opts["remote_code"]
-        config = _config(folder, remote)
+        remote = bool(resolved_option(spec, opts, "remote_code", known and known.remote_code))
+        config = _config(folder, remote, spec.name)
         clip = _is_clip(config)
-        self.pool = opts["pool"] if opts["pool"] != "auto" else ("proj" if clip else "mean")
-        if (self.pool == "proj") != clip:
-            raise UserError(f"spec {str(spec)!r}: pool=proj is for CLIP checkpoints only, "
-                            "mean or cls for the others")
         from transformers import AutoModel, AutoTokenizer, CLIPTextModelWithProjection
 
+        self.spec = str(spec)
         self.model = _load_pretrained(CLIPTextModelWithProjection if clip else AutoModel, folder,
                                       remote, _tower_config(config, "text"))
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=remote)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot load a tokenizer from {folder}: {err}") from err
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 512
-        self.max_length = min(opts["max_length"], limit)
-        self.batch_size = opts["batch_size"]
-        self.identity = make_identity(spec, folder_weights_tag(folder), opts)
+        self.pool = self._choose_pool(str(opts["pool"]), known, folder, clip)
+        self.prefix = resolve_prompt(spec, opts, st_prompts(folder), known.prompt if known else "")
+        self.tokenizer = None
+        if self.pool != "encode":
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    str(folder), local_files_only=True, trust_remote_code=remote)
+            except (OSError, ValueError, ImportError) as err:
+                raise UserError(f"cannot load a tokenizer from {folder}: {_one_line(err)}"
+                                ) from err
+        wanted = int(resolved_option(spec, opts, "max_length", known and known.max_length))
+        wanted = wanted or st_max_length(folder) or (0 if self.pool == "encode" else
+                                                     self.DEFAULT_MAX_LENGTH)
+        limit = _position_limit(self.model.config)
+        self.max_length = min(wanted, limit) if wanted and limit else wanted
+        self.batch_size = int(opts["batch_size"])
+        self.forward_keys = _forward_keys(self.model)
         self.to(device)
-        self.dim = self.encode(["probe"]).shape[1]
+        try:
+            if opts["pool"] == "auto" and self.pool == "mean":  # a forward without token states?
+                out = self._forward(["probe"])[0]
+                if token_states(out) is None and pooled_output(out) is not None:
+                    self.pool = "model"
+            self.dim = self.encode(["probe"]).shape[1]
+        except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError) as err:
+            raise UserError(f"{self.spec!r} does not work as a text encoder with pool={self.pool}"
+                            f": {type(err).__name__}: {_one_line(err)}") from err
+        resolved = {"pool": self.pool, "max_length": self.max_length,
+                    "batch_size": self.batch_size, "remote_code": remote}
+        if self.prefix:
+            resolved["prompt"] = quote(self.prefix, safe="")
+        self.identity = make_identity(spec, folder_weights_tag(folder), resolved)
 
-    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        """Tokenise (padded, truncated to max_length), run the model, pool."""
+    def _choose_pool(self, pool: str, known: TextRecipe | None, folder: Path, clip: bool) -> str:
+        """``auto`` resolved (see the class docstring); a UserError when the choice cannot work."""
+        own = _own_encode(self.model)
+        if pool == "auto":
+            st_pool = st_pooling(folder)
+            if known:
+                pool = known.pool
+            elif clip:
+                pool = "proj"
+            elif own is not None and "instruction" in inspect.signature(own).parameters:
+                pool = "encode"
+            elif st_pool in TOKEN_POOLS:
+                pool = st_pool
+            elif st_pool is not None:
+                raise UserError(f"{self.spec!r}: the folder's sentence-transformers pooling is "
+                                f"{st_pool!r}, which hf: does not do; use st:, or pool=mean, "
+                                "cls or last")
+            else:
+                pool = "mean"
+        if (pool == "proj") != clip:
+            raise UserError(f"spec {self.spec!r}: pool=proj is for CLIP checkpoints only, "
+                            "mean, cls, last, model or encode for the others")
+        if pool == "encode" and own is None:
+            raise UserError(f"spec {self.spec!r}: pool=encode needs a model with its own "
+                            f"encode(texts, ...) method; {type(self.model).__name__} has none")
+        return pool
+
+    def _forward(self, texts: list[str]) -> tuple[Any, torch.Tensor]:
+        """Tokenise (padded, truncated to max_length), run the forward: (its output, the mask)."""
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(self.device)
-        out = self.model(**enc)
+        keys = self.forward_keys
+        out = self.model(**{k: v for k, v in enc.items() if keys is None or k in keys})
+        return out, enc["attention_mask"]
+
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        """Prefix, then the model's own encode, or tokenise + forward + pool."""
+        if self.pool == "encode":
+            return self._own_encode(texts)
+        out, mask = self._forward([self.prefix + t for t in texts])
         if self.pool == "proj":
             return out.text_embeds
-        if self.pool == "cls":
-            return out.last_hidden_state[:, 0]
-        mask = enc["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-        return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.pool == "model":
+            pooled = pooled_output(out)
+            if pooled is None:
+                raise UserError(f"{self.spec!r}: pool=model needs one pooled vector per text in "
+                                f"the forward's output, which is {describe_output(out)}")
+            return pooled
+        hidden = token_states(out)
+        if hidden is None:
+            raise UserError(f"{self.spec!r}: pool={self.pool} needs token states "
+                            f"(last_hidden_state), but the forward returns "
+                            f"{describe_output(out)}; use pool=model or pool=encode")
+        return pool_tokens(hidden, mask, self.pool)
+
+    def _own_encode(self, texts: list[str]) -> torch.Tensor:
+        """``model.encode(texts, instruction=prefix, max_length=...)``, passing what it accepts
+        (a prefix it cannot take as ``instruction`` is put before the texts)."""
+        encode = _own_encode(self.model)
+        params = inspect.signature(encode).parameters
+        anything = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs: dict[str, Any] = {}
+        if "instruction" in params:
+            kwargs["instruction"] = self.prefix
+        elif self.prefix:
+            texts = [self.prefix + t for t in texts]
+        if self.max_length and ("max_length" in params or anything):
+            kwargs["max_length"] = self.max_length
+        out = torch.as_tensor(encode(texts, **kwargs))
+        if out.ndim == 3 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            raise UserError(f"{self.spec!r}: the model's encode returned shape {tuple(out.shape)} "
+                            f"for {len(texts)} texts; expected {len(texts)} x D")
+        return out
+
+
+def _own_encode(model: torch.nn.Module) -> Any:
+    """The model's own ``encode`` method (NV-Embed style), or None."""
+    encode = getattr(model, "encode", None)
+    return encode if callable(encode) else None
+
+
+def _forward_keys(model: torch.nn.Module) -> set[str] | None:
+    """The tokenizer outputs the forward takes by name (None: it takes any keyword), so a custom
+    forward without ``token_type_ids`` is not handed one."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def _position_limit(config: Any) -> int | None:
+    """max_position_embeddings of the config or its text sub-config (NV-Embed nests one)."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        limit = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None

@@ -3,7 +3,8 @@
 Specs: ``open_clip:<arch>/<tag>`` (a pretrained tag, from the Hub cache or downloaded),
 ``open_clip:<arch>/<checkpoint file>`` (e.g. ``ViT-B-32//ckpts/model.pt``), ``open_clip:<folder>``
 or ``open_clip:local-dir:<folder>`` (open_clip_config.json + weights), ``open_clip:hf-hub:<repo>``,
-and ``open_clip:<arch>?weights=random`` (seeded random init).
+and ``open_clip:<arch>?weights=random`` (seeded random init). Images get open_clip's own eval
+transform for the model (``open_clip_preprocess``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,28 @@ def load_open_clip(spec: Spec, device: str) -> tuple[torch.nn.Module, Any, str]:
     return model.eval().requires_grad_(False), tokenizer, make_identity(spec, tag, opts)
 
 
+def open_clip_preprocess(model: torch.nn.Module) -> Preprocess:
+    """open_clip's eval transform for ``model``, as ``create_model_and_transforms`` builds it
+    (``image_transform_v2(PreprocessCfg(**visual.preprocess_cfg), is_train=False)``):
+    resize_mode shortest (the default) resizes the shorter edge to size and centre-crops size,
+    squash resizes to size x size; bicubic unless the config says bilinear; its mean/std
+    (OpenAI CLIP's by default)."""
+    from open_clip import get_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg
+
+    fields = PreprocessCfg.__dataclass_fields__
+    cfg = PreprocessCfg(**{k: v for k, v in get_model_preprocess_cfg(model).items()
+                           if k in fields})
+    height, width = (cfg.size, cfg.size) if isinstance(cfg.size, int) else cfg.size[-2:]
+    if height != width or cfg.resize_mode not in ("shortest", "squash"):
+        raise UserError(f"open_clip preprocessing with size {cfg.size} and resize_mode "
+                        f"{cfg.resize_mode!r} is not supported (square, shortest or squash)")
+    shortest = cfg.resize_mode == "shortest"
+    return Preprocess(size=int(height), mean=cfg.mean, std=cfg.std,
+                      interpolation="bilinear" if cfg.interpolation == "bilinear" else "bicubic",
+                      resize=cfg.resize_mode, crop=int(height) if shortest else None)
+
+
 class OpenCLIPVision:
     """The image tower. pooled = ``encode_image`` (joint space, not normalised). For ViT towers
     the tokens are the post-LayerNorm patch tokens times the output projection, i.e. also in the
@@ -117,14 +140,8 @@ class OpenCLIPVision:
         self.has_tokens = (isinstance(visual, VisionTransformer) and visual.attn_pool is None
                            and visual.pool_type in ("tok", "avg"))
         visual.output_tokens = self.has_tokens
-        cfg = getattr(visual, "preprocess_cfg", {})
-        size = cfg.get("size", visual.image_size)
         self.patch = getattr(visual, "patch_size", None)
-        self.preprocess = Preprocess(
-            size=int(size if isinstance(size, int) else size[0]),
-            mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-            std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
-            interpolation="bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic")
+        self.preprocess = open_clip_preprocess(self.model)
         self.device = torch.device(device)
         side = self.preprocess.size
         probe = self.encode(torch.zeros(1, 3, side, side), tokens=True)

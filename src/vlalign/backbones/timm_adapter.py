@@ -1,14 +1,18 @@
 """timm adapter: ``timm:<name[.tag]>``, ``timm:<folder>`` (saved by timm's save_for_hf),
 ``timm:local-dir:<folder>`` or ``timm:hf-hub:<repo>``; ``?weights=random`` builds a seeded
-random-init model by name with no files at all."""
+random-init model by name with no files at all. Images get timm's own eval transform for the
+model (resolved data config: resize by crop_pct, centre crop, interpolation, mean/std)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vlalign.backbones.base import (
+    RESAMPLE,
     Preprocess,
     VisionOutput,
     feature_map_to_tokens,
@@ -24,13 +28,28 @@ from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
 
 POOLS = ("auto", "clsmean", "cls", "mean", "avg", "max", "avgmax", "model")
-# size=0: the model's own input size; seed only matters with weights=random.
+# size=0: the model's own input size; size=N builds the model for N x N inputs (the crop; the
+# resize before it is floor(N / crop_pct), as timm does). seed only matters with weights=random.
+DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT, used when a config has none
 OPTIONS = {"pool": Option("auto", POOLS), "weights": Option("pretrained", ("pretrained", "random")),
            "seed": Option(0), "size": Option(0, minimum=0)}
 
 
-def _interpolation(name: str | None) -> str:
-    return name if name in ("bilinear", "nearest") else "bicubic"
+def timm_preprocess(config: dict[str, Any]) -> Preprocess:
+    """timm's eval transform (``create_transform(**config)``, i.e. ``transforms_imagenet_eval``)
+    for a resolved data config: the shorter edge (``crop_mode`` center; both edges for squash)
+    to floor(side / crop_pct), a centre crop of side, the config's interpolation and mean/std."""
+    _, height, width = config["input_size"]
+    mode = config.get("crop_mode") or "center"
+    if height != width or mode not in ("center", "squash"):
+        raise UserError(f"timm eval transform with input {height}x{width} and crop_mode {mode!r}"
+                        " is not supported (square inputs, crop_mode center or squash only)")
+    scale = math.floor(height / (config.get("crop_pct") or DEFAULT_CROP_PCT))
+    interpolation = config.get("interpolation") or "bilinear"
+    return Preprocess(size=height, mean=tuple(config["mean"]), std=tuple(config["std"]),
+                      interpolation=interpolation if interpolation in RESAMPLE else "bicubic",
+                      resize="shortest" if mode == "center" else "squash",
+                      resize_size=scale if mode == "center" else (scale, scale), crop=height)
 
 
 def _resolve(spec: Spec, random: bool) -> tuple[str, str | None]:
@@ -89,12 +108,12 @@ class TimmVisionEncoder:
             opts.pop("seed")
             tag = folder_weights_tag(folder)
         self.identity = make_identity(spec, tag, opts)
-        config = timm.data.resolve_data_config({}, model=self.model)
-        # A ViT's built image size wins over a data config left stale by a model_args override.
+        # A ViT's built image size wins over a data config left stale by a model_args override;
+        # crop_pct, interpolation and mean/std stay the checkpoint's.
         built = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
-        self.preprocess = Preprocess(size=int(built[-1] if built else config["input_size"][-1]),
-                                     mean=tuple(config["mean"]), std=tuple(config["std"]),
-                                     interpolation=_interpolation(config.get("interpolation")))
+        side = (opts["size"],) * 2 if opts["size"] else built
+        args = {"input_size": (3, *side)} if side else {}
+        self.preprocess = timm_preprocess(timm.data.resolve_data_config(args, model=self.model))
         self.has_cls = getattr(self.model, "cls_token", None) is not None
         self.num_prefix = int(getattr(self.model, "num_prefix_tokens", 0))
         self.pool = opts["pool"]

@@ -77,5 +77,5 @@ class VLModel(CLIPLikeModel):
     def encode_image_tokens(self, images: Images,
                             normalize: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-patch embeddings comparable with text: B x N x d, and the (rows, cols) grid."""
-        out = self.vision.encode(self.pixels(images), tokens=True)
+        out = self.vision.encode(self.pixels(images, whole=True), tokens=True)
         return self.heads.encode_image_features(token_head_inputs(out), normalize), out.grid

@@ -85,5 +85,5 @@ class UTAModel(CLIPLikeModel):
     def encode_image_tokens(self, images: Images,
                             normalize: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-patch embeddings comparable with text: B x N x d, and the (rows, cols) grid."""
-        out = self.student(self.pixels(images)).tokens.float()
+        out = self.student(self.pixels(images, whole=True)).tokens.float()
         return (F.normalize(out, dim=-1) if normalize else out), self.student.config.grid

@@ -21,9 +21,8 @@ RECORD_KEYS = ("method", "student", "preprocess", "teacher")  # uta.json's keys 
 
 
 def student_preprocess(config: StudentConfig, teacher: Preprocess) -> Preprocess:
-    """The teacher's normalisation at the student's input size."""
-    return Preprocess(size=config.img_size, mean=tuple(teacher.mean), std=tuple(teacher.std),
-                      interpolation=teacher.interpolation)
+    """The teacher's preprocessing (resize, crop, normalisation) at the student's input size."""
+    return teacher.with_size(config.img_size)
 
 
 def student_record(student: UTAStudent, teacher: Teacher, teacher_spec: str,
@@ -58,7 +57,5 @@ def load_student(path: str | Path) -> tuple[UTAStudent, Preprocess, dict[str, An
     config = read_json(path / CONFIG)
     student = UTAStudent(StudentConfig(**config["student"]))
     student.load_state_dict(load_tensors(path / WEIGHTS))
-    pre = config["preprocess"]
-    preprocess = Preprocess(size=pre["size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                            interpolation=pre["interpolation"])
+    preprocess = Preprocess.from_dict(config["preprocess"])
     return student.eval(), preprocess, config

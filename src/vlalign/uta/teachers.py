@@ -4,7 +4,7 @@ text embeddings, all in one joint image-text space (DESIGN 1.3, 1.4).
 Adapters: an open_clip model (``open_clip:<arch>/<tag|file>``, ``open_clip:<folder>``; ViT towers
 and timm towers such as EVA-CLIP), a transformers CLIPModel (``hf:<folder-or-repo>``) and a
 vlalign SAIL model (``sail:<run dir or saved model>``). Every adapter takes pixels already
-preprocessed as its ``preprocess`` says (square resize to ``preprocess.size``, then mean/std) and
+preprocessed as its ``preprocess`` says (its library's resize and crop to ``preprocess.size``) and
 returns ordinary float32 tensors without gradient, usable directly as loss targets. Embeddings are
 not L2-normalised (the cosine losses do not need it).
 
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from vlalign.backbones.base import Preprocess, TextEncoder, VisionEncoder
-from vlalign.backbones.hf import CLIP_MEAN, CLIP_STD
 from vlalign.errors import UserError
 from vlalign.sail.artifact import AlignmentHeads, load_backbones, token_head_inputs
 from vlalign.spec import Grammar, Spec
@@ -91,20 +90,17 @@ class OpenCLIPTeacher:
     (CoCa, SigLIP ``map``) and CNNs have no per-position joint-space tokens and are refused."""
 
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
-        from open_clip import get_model_preprocess_cfg
-
-        from vlalign.backbones.open_clip_adapter import OpenCLIPText, load_open_clip
+        from vlalign.backbones.open_clip_adapter import (
+            OpenCLIPText,
+            load_open_clip,
+            open_clip_preprocess,
+        )
 
         self.model, tokenizer, self.identity = load_open_clip(spec, device)
         self.device = torch.device(device)
         self.text = OpenCLIPText(self.model, tokenizer, self.identity, device)
         self.patch = self._check_tower(spec)
-        cfg = get_model_preprocess_cfg(self.model)
-        size = cfg.get("size", 224)
-        self.preprocess = Preprocess(
-            size=int(size if isinstance(size, int) else size[0]),
-            mean=tuple(cfg.get("mean", CLIP_MEAN)), std=tuple(cfg.get("std", CLIP_STD)),
-            interpolation="bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic")
+        self.preprocess = open_clip_preprocess(self.model)
         side = self.preprocess.size
         self.dim = self.encode_image_tokens(torch.zeros(1, 3, side, side)).pooled.shape[1]
 
