@@ -118,12 +118,13 @@ def test_decode_image_bad_inputs_raise_baditem(tmp_path: Path, case: str) -> Non
 
 def test_templates() -> None:
     assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
-    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
+    assert all(t.count("{c}") == 1 and "{a}" not in t for t in IMAGENET_TEMPLATES)
     assert templates_for("imagenet") == IMAGENET_TEMPLATES
-    assert templates_for("fashion-mnist:test[:100]")[0] == "a photo of a {}."
-    assert templates_for("something-else")[0] == "a photo of a {}."
-    assert format_prompt("a photo of a {}.", "ankle boot") == "a photo of an ankle boot."
-    assert format_prompt("a photo of a {}.", "unicorn") == "a photo of a unicorn."
+    assert templates_for("fashion-mnist:test[:100]")[0] == "a photo of {a} {c}."
+    assert templates_for("something-else")[0] == "a photo of {a} {c}."
+    assert format_prompt("a photo of {a} {c}.", "ankle boot") == "a photo of an ankle boot."
+    assert format_prompt("a photo of {a} {c}.", "unicorn") == "a photo of a unicorn."
+    assert format_prompt("a photo of a {c}.", "ankle boot") == "a photo of a ankle boot."
     pairs = {class_captions(FASHION_TEMPLATES, "coat", i) for i in range(50)}
     assert all(raw == "a photo of a coat." and raw != rewritten for raw, rewritten in pairs)
     assert len({rewritten for _, rewritten in pairs}) > 3

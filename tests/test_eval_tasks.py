@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vlalign.data.base import Example
+from vlalign.data.base import BadItem, Example
 from vlalign.data.benchmarks.base import PairItem, SegmentationItem
 from vlalign.errors import UserError
 from vlalign.eval import tasks
+from vlalign.eval.features import embed_images
 from vlalign.eval.run import Job, beside, load_records, merge, offline_suite, write_table
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -172,3 +173,43 @@ def test_result_files_table_and_slugs(tmp_path: Path) -> None:
     assert slug == "knn__emoji-canvas_test_by_name_count_4"
     assert beside(tmp_path / "x.json", "arrays.npz") == tmp_path / "x.arrays.npz"
     assert {job.task for job in offline_suite()} == set(tasks.TASKS)
+
+
+class _WithBadItems(Squares):
+    """Squares where every seventh item cannot be read."""
+
+    def load(self, index: int) -> Example:
+        if index % 7 == 3:
+            raise BadItem(f"item {index}: truncated file")
+        return super().load(index)
+
+
+def test_decoding_workers_give_the_same_embeddings_and_skip_the_same_items(caplog) -> None:
+    """Images decoded in DataLoader worker processes: the same rows, in order, and each bad
+    item skipped, logged and counted once, whatever the worker count."""
+    model = ColourModel()
+    inline = embed_images(model, _WithBadItems(), batch_size=4, progress=False, num_workers=0)
+    workers = embed_images(model, _WithBadItems(), batch_size=4, progress=False, num_workers=2)
+    assert inline.skipped == workers.skipped == 4  # items 3, 10, 17, 24
+    np.testing.assert_array_equal(inline.indices, workers.indices)
+    assert 3 not in inline.indices and len(inline.indices) == 26
+    torch.testing.assert_close(inline.embeddings, workers.embeddings, rtol=0, atol=0)
+    assert caplog.text.count("truncated file") == 8  # four per run
+
+
+def test_pixels_follow_the_model_device() -> None:
+    """Pixels go to the model's device (its parameters' device for a plain nn.Module)."""
+    seen: list[torch.device] = []
+
+    class OnDevice(torch.nn.Module, ColourModel):
+        def __init__(self) -> None:
+            torch.nn.Module.__init__(self)
+            ColourModel.__init__(self)
+            self.anchor = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+        def encode_image(self, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+            seen.append(pixels.device)  # (a meta tensor has no values: answer on the CPU)
+            return torch.ones(len(pixels), 3)
+
+    out = embed_images(OnDevice(), Squares(), batch_size=16, progress=False)
+    assert set(seen) == {torch.device("meta")} and len(out.embeddings) == 30

@@ -8,14 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import stats as scipy_stats
 
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.cli import main
+from vlalign.config import load_config
 from vlalign.data import create_source
+from vlalign.data.benchmarks.registry import create_benchmark
 from vlalign.errors import StoreError
 from vlalign.probe import stats
+from vlalign.probe.config import ProbeConfig, linear_probe_recipe
+from vlalign.probe.run import StoreFinder, caption_kinds
+from vlalign.sail.artifact import AlignmentHeads, BackboneRecord, HeadsConfig
+from vlalign.sail.config import HeadConfig
+from vlalign.sail.heads import create_head
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
 from vlalign.store.compose import compose_store
 
@@ -193,3 +202,95 @@ def test_paired_difference_prefers_the_better_predictor():
     diff = stats.paired_difference(x, close, noisy, seed=0)
     assert diff["difference"] == pytest.approx(stats.pearson(x, close) - stats.pearson(x, noisy))
     assert 0 < diff["low"] <= diff["difference"] <= diff["high"]
+
+
+# --- the official probe: LayerNorm + Linear heads, the official script's recipe ---------------
+
+def test_probe_head_is_layernorm_then_linear():
+    torch.manual_seed(0)
+    head = create_head("linear", 12, 6, norm=True)
+    assert isinstance(head.norm, torch.nn.LayerNorm)
+    assert set(head.state_dict()) == {"norm.weight", "norm.bias", "proj.weight", "proj.bias"}
+    for shape in [(5, 12), (3, 7, 12)]:
+        x = torch.randn(shape)
+        expected = head.proj(F.layer_norm(x, (12,), head.norm.weight, head.norm.bias))
+        assert head(x).shape == (*shape[:-1], 6)
+        torch.testing.assert_close(head(x), expected)
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(head(50 * x + 3), head(x), rtol=1e-4, atol=1e-4)  # scale-free
+    assert head.config == {"kind": "linear", "in_dim": 12, "out_dim": 6, "norm": True}
+    rebuilt = create_head(**head.config)  # the config round trip
+    rebuilt.load_state_dict(head.state_dict())
+    torch.testing.assert_close(rebuilt(x), head(x))
+    plain = create_head("linear", 12, 6)
+    assert plain.config["norm"] is False and set(plain.state_dict()) == {"proj.weight",
+                                                                           "proj.bias"}
+
+
+def _heads_config(vision_head: dict, text_head: dict) -> HeadsConfig:
+    return HeadsConfig(vision_head=vision_head, text_head=text_head,
+                       vision=BackboneRecord("bundled:v", "v-id", 12),
+                       text=BackboneRecord("bundled:t", "t-id", 8))
+
+
+def test_old_heads_json_without_norm_loads_as_trained(tmp_path):
+    torch.manual_seed(0)
+    vision, text = create_head("linear", 12, 6), create_head("linear", 8, 6)
+    old = _heads_config({"kind": "linear", "in_dim": 12, "out_dim": 6},  # written before `norm`
+                        {"kind": "linear", "in_dim": 8, "out_dim": 6})
+    AlignmentHeads(vision, text, old).save_pretrained(tmp_path / "old")
+    assert "norm" not in json.loads((tmp_path / "old" / "heads.json").read_text())["vision_head"]
+    loaded = AlignmentHeads.from_pretrained(tmp_path / "old")
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in loaded.modules())
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(loaded.encode_image_features(x, normalize=False), vision(x))
+    vision, text = create_head("linear", 12, 6, norm=True), create_head("linear", 8, 6, norm=True)
+    AlignmentHeads(vision, text, _heads_config(vision.config, text.config)).save_pretrained(
+        tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "heads.json").read_text())["vision_head"]["norm"]
+    loaded = AlignmentHeads.from_pretrained(tmp_path / "new")
+    assert isinstance(loaded.vision_head.norm, torch.nn.LayerNorm)
+    torch.testing.assert_close(loaded.encode_image_features(x, normalize=False), vision(x))
+
+
+def test_probe_runs_train_layernorm_linear_heads(probe_run):
+    out, _ = probe_run
+    assert linear_probe_recipe().vision_head == HeadConfig(kind="linear", norm=True)
+    assert linear_probe_recipe().text_head == HeadConfig(kind="linear", norm=True)
+    for run in sorted(out.glob("runs/*/heads.json")):
+        config = json.loads(run.read_text())
+        assert config["vision_head"]["norm"] is True and config["text_head"]["norm"] is True
+        heads = AlignmentHeads.from_pretrained(run.parent)
+        assert isinstance(heads.vision_head.norm, torch.nn.LayerNorm)
+
+
+def test_probe_paper_recipe_is_the_official_script():
+    """configs/probe-paper.yaml = SAIL's scripts/alignment_probing.sh (see the YAML's notes)."""
+    config = load_config(ProbeConfig, Path(__file__).parents[1] / "configs" / "probe-paper.yaml")
+    sail = config.sail
+    assert sail.vision_head == sail.text_head == HeadConfig(kind="linear", norm=True)
+    assert (sail.embed_dim, sail.loss, sail.positives) == (2048, "sigmoid", ["raw", "rewritten"])
+    optim = sail.optim
+    assert (optim.name, optim.lr, optim.weight_decay) == ("lion", 1e-5, 1e-7)
+    assert (optim.beta1, optim.beta2) == (0.9, 0.99)
+    assert (optim.warmup_fraction, optim.min_lr_fraction, optim.grad_clip) == (0.1, 0.0, 0.0)
+    assert (sail.batch_size, sail.epochs, sail.precision, sail.seed) == (32768, 100, "fp16", 42)
+    assert config.test_data.startswith("coco:")
+
+
+def test_caption_kinds_of_a_retrieval_benchmark(tmp_path):
+    entries = [{"filepath": "val2014", "filename": f"{i}.jpg", "split": "test",
+                "sentences": [{"raw": f"caption {k}"} for k in range(n)]}
+               for i, n in enumerate((5, 7, 6))]
+    (tmp_path / "val2014").mkdir()
+    for entry in entries:
+        Image.new("RGB", (4, 4)).save(tmp_path / "val2014" / entry["filename"])
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries}))
+    assert caption_kinds(create_benchmark(f"coco:{tmp_path}")) == ["0", "1", "2", "3", "4"]
+    assert caption_kinds(create_benchmark(f"coco:{tmp_path}[1:]")) == [str(k) for k in range(6)]
+    assert caption_kinds(create_source("digits:train[:10]")) == ["raw", "rewritten"]
+    # the probe finds benchmark specs (probe-paper.yaml tests on coco:) and stores 5 captions
+    store = StoreFinder(tmp_path / "stores", [], "data", progress=False).get(
+        f"coco:{tmp_path}", PERFECT, WORDS, 1)
+    assert store.caption_kinds == ["0", "1", "2", "3", "4"] and len(store) == 3
+    assert store.captions[1] == [f"caption {k}" for k in range(5)]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from vlalign.data.base import Source
 from vlalign.data.benchmarks.base import dataset_kind
+from vlalign.data.benchmarks.karpathy import caption_list
 from vlalign.data.templates import templates_for
 from vlalign.errors import UserError
 from vlalign.eval import knn, linear_probe, pairs, retrieval, segmentation, zeroshot
@@ -39,11 +40,12 @@ class TaskResult:
 
 @dataclass
 class Context:
-    """How to compute embeddings: stores to reuse, batch size, progress bars."""
+    """How to compute embeddings: stores to reuse, batch size, progress bars, workers."""
 
     stores: Sequence[FeatureStore] = ()
     batch_size: int = 64
     progress: bool = True
+    num_workers: int = 0  # image-decoding DataLoader workers (0: in the main process)
 
 
 def _classifier(model: CLIPLike, class_names: list[str], dataset_name: str) -> torch.Tensor:
@@ -66,9 +68,11 @@ def _labelled(source: Any, what: str) -> Source:
 
 def zeroshot_classification(model: CLIPLike, dataset: Any, train: Any,
                             ctx: Context) -> TaskResult:
-    """Prompt-ensemble zero-shot classification: acc1, acc5, mean_per_class_recall."""
+    """Prompt-ensemble zero-shot classification as CLIP_benchmark runs it: the dataset's
+    templates filled verbatim; acc1, mean_per_class_recall, and acc5 when there are >= 5 classes."""
     source = _labelled(dataset, "zeroshot_classification")
-    images = embed_images(model, source, ctx.stores, ctx.batch_size, ctx.progress)
+    images = embed_images(model, source, ctx.stores, ctx.batch_size, ctx.progress,
+                          ctx.num_workers)
     classifier = _classifier(model, source.class_names, source.name)
     metrics = zeroshot.evaluate(images.embeddings, images.labels, classifier)
     confusion = zeroshot.confusion_matrix(images.embeddings, images.labels, classifier)
@@ -78,15 +82,21 @@ def zeroshot_classification(model: CLIPLike, dataset: Any, train: Any,
 
 
 def _captions_of(source: Source, index: int) -> list[str]:
-    texts = source.captions(index) if hasattr(source, "captions") else list(
-        source.load(index).captions.values())
+    """Every caption of item ``index``. A benchmark's ``captions`` (COCO/Flickr30k: all 5 or so
+    per image) are used as they are, repeats included, as CLIP_benchmark does; a training-style
+    source's RAW/REWRITTEN pair counts a caption it repeats once."""
+    listed = caption_list(source, index)
+    if listed is not None:
+        return [t for t in listed if t and t.strip()]
+    texts = source.load(index).captions.values()
     return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
 def zeroshot_retrieval(model: CLIPLike, dataset: Any, train: Any, ctx: Context) -> TaskResult:
     """Image-text retrieval recall@1/5/10 both ways, every caption of every image."""
     _require(dataset, "images", "zeroshot_retrieval")
-    images = embed_images(model, dataset, ctx.stores, ctx.batch_size, ctx.progress)
+    images = embed_images(model, dataset, ctx.stores, ctx.batch_size, ctx.progress,
+                          ctx.num_workers)
     texts, owners = [], []
     for row, index in enumerate(images.indices.tolist()):
         captions = _captions_of(dataset, index)
@@ -96,9 +106,11 @@ def zeroshot_retrieval(model: CLIPLike, dataset: Any, train: Any, ctx: Context) 
     owner = torch.tensor(owners)
     metrics = retrieval.evaluate(images.embeddings, text_emb, owner)
     queries = np.linspace(0, len(texts) - 1, EXAMPLES).astype(int).tolist()
-    top_images = (text_emb[queries] @ images.embeddings.T).topk(5, dim=1).indices
+    top_images = (text_emb[queries] @ images.embeddings.T).topk(
+        min(5, len(images.indices)), dim=1).indices
     image_queries = np.linspace(0, len(images.indices) - 1, EXAMPLES).astype(int).tolist()
-    top_texts = (images.embeddings[image_queries] @ text_emb.T).topk(5, dim=1).indices
+    top_texts = (images.embeddings[image_queries] @ text_emb.T).topk(
+        min(5, len(texts)), dim=1).indices
     details = {
         "text_to_image": [{"caption": texts[q], "answer": int(images.indices[owners[q]]),
                            "top5": [int(images.indices[r]) for r in row]}
@@ -115,9 +127,9 @@ def _train_and_test(model: CLIPLike, dataset: Any, train: Any, ctx: Context, tas
     if train is None:
         raise UserError(f"{task} needs training data: pass --train-dataset SPEC")
     test_images = embed_images(model, _labelled(dataset, task), ctx.stores, ctx.batch_size,
-                               ctx.progress)
+                               ctx.progress, ctx.num_workers)
     train_images = embed_images(model, _labelled(train, task), ctx.stores, ctx.batch_size,
-                                ctx.progress)
+                                ctx.progress, ctx.num_workers)
     return train_images, test_images
 
 

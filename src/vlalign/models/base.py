@@ -52,7 +52,8 @@ class CLIPLikeModel(nn.Module, ABC):
     @abstractmethod
     def encode_image_tokens(self, images: Images,
                             normalize: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Per-patch embeddings comparable with text: B x N x d, and the (rows, cols) grid."""
+        """Per-patch embeddings comparable with text: B x N x d, and the (rows, cols) grid.
+        PIL images are resized whole, without the crop, so the map covers each image."""
 
     def tokenizer(self, texts: str | list[str]) -> TextBatch:
         """Tokenizer-like callable: vlalign text towers tokenise internally."""
@@ -62,16 +63,19 @@ class CLIPLikeModel(nn.Module, ABC):
         """One PIL image -> 3 x H x W tensor as the image tower expects."""
         return image_to_tensor(image, self.image_preprocess)
 
-    def pixels(self, images: Images) -> torch.Tensor:
-        """A batch of images as preprocessed pixels on the model's device."""
+    def pixels(self, images: Images, whole: bool = False) -> torch.Tensor:
+        """A batch of images as preprocessed pixels on the model's device; ``whole``: PIL
+        images resized whole, without the crop (``Preprocess.whole_image``)."""
         if isinstance(images, torch.Tensor):
             return images.to(self.device)
-        return torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        pre = self.image_preprocess.whole_image() if whole else self.image_preprocess
+        return torch.stack([image_to_tensor(image, pre) for image in images]).to(self.device)
 
     @torch.inference_mode()
     def classify(self, images: Images, class_names: list[str],
-                 templates: tuple[str, ...] | list[str] = ("a photo of a {}.",)) -> torch.Tensor:
-        """Zero-shot class probabilities B x C with a prompt-template ensemble per class."""
+                 templates: tuple[str, ...] | list[str] = ("a photo of {a} {c}.",)) -> torch.Tensor:
+        """Zero-shot class probabilities B x C with a prompt-template ensemble per class
+        (``{c}`` is the class name, ``{a}`` its article; see ``vlalign.data.templates``)."""
         prompts = [format_prompt(t, c) for c in class_names for t in templates]
         classes = self.encode_text(prompts, normalize=True).view(len(class_names),
                                                                  len(templates), -1)

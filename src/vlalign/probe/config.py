@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from vlalign.sail.config import HeadConfig, SailConfig
@@ -9,12 +10,14 @@ from vlalign.train.config import OptimConfig
 
 
 def linear_probe_recipe() -> SailConfig:
-    """One linear layer per side, sigmoid loss, one positive: SAIL's alignment probe, scaled to
-    the offline data (configs/probe-paper.yaml has the paper's values). AdamW rather than the
-    paper's Lion: Lion's sign updates make the best learning rate depend on each encoder's
-    feature scale (1e-3 failed on every encoder here, 3e-5 under-trained them), while AdamW at
-    1e-3 trained every encoder tried (docs/probing.md)."""
-    return SailConfig(vision_head=HeadConfig(kind="linear"), text_head=HeadConfig(kind="linear"),
+    """LayerNorm + one linear layer per side (the official probe head), sigmoid loss, one
+    positive: SAIL's alignment probe, scaled to the offline data (configs/probe-paper.yaml has
+    the official script's values). AdamW rather than the paper's Lion: with plain linear heads,
+    Lion's sign updates made the best learning rate depend on each encoder's feature scale
+    (1e-3 failed on every encoder here, 3e-5 under-trained them), while AdamW at 1e-3 trained
+    every encoder tried (docs/probing.md, measured before the LayerNorm was added)."""
+    head = HeadConfig(kind="linear", norm=True)
+    return SailConfig(vision_head=head, text_head=copy.deepcopy(head),
                       embed_dim=512, loss="sigmoid", positives=["raw"], loss_block_size=1024,
                       optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-7),
                       batch_size=256, epochs=40, precision="auto", log_every=50,

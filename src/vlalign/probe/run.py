@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.config import to_dict
-from vlalign.data.registry import create_source
+from vlalign.data.base import RAW, REWRITTEN
+from vlalign.data.benchmarks.karpathy import caption_list
+from vlalign.data.benchmarks.registry import create_benchmark
 from vlalign.errors import UserError
 from vlalign.eval import knn, linear_probe
 from vlalign.eval.stored import evaluate_store
@@ -45,6 +47,18 @@ KNN_K = 20  # the k-NN accuracy the correlations use (all four are reported)
 def slug(spec: str) -> str:
     """A file-name-safe version of a spec."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")
+
+
+def caption_kinds(source: Any) -> list[str]:
+    """The caption kinds a probe stores for ``source``: RAW and REWRITTEN for training-style
+    data; for a retrieval benchmark (COCO, Flickr30k: ``captions(i)``, examples captioned
+    "0", "1", ...) one kind per caption, as many as every image has (5: the few COCO images with
+    6 or 7 keep their first 5, as the official SAIL COCO evaluation does)."""
+    if len(source) == 0 or caption_list(source, 0) is None:
+        return [RAW, REWRITTEN]
+    counts = [len(caption_list(source, i) or ()) for i in range(len(source))]
+    fewest = min((n for n in counts if n), default=1)  # captionless images are bad items
+    return [str(k) for k in range(fewest)]
 
 
 class StoreFinder:
@@ -68,7 +82,7 @@ class StoreFinder:
 
     def get(self, data: str, vision_spec: str, text_spec: str, side: int) -> FeatureStore:
         """A store of ``data`` whose ``side`` (0 image, 1 text) was encoded by that spec."""
-        source = create_source(data, self.data_root)
+        source = create_benchmark(data, self.data_root)  # coco:, imagenet:, ... or a source
         vision = create_vision_encoder(vision_spec)
         text = create_text_encoder(text_spec)
         wanted = (vision, text)[side].identity
@@ -78,7 +92,7 @@ class StoreFinder:
         folder = "images" if side == 0 else "texts"
         own = vision_spec if side == 0 else text_spec
         out = self.root / folder / f"{slug(own)}__{slug(data)}"
-        encode_store(source, vision, text, out, kinds=["raw", "rewritten"],
+        encode_store(source, vision, text, out, kinds=caption_kinds(source),
                      specs=(vision_spec, text_spec), options=EncodeOptions(progress=self.progress))
         store = FeatureStore(out)
         self.known.append(store)

@@ -18,15 +18,22 @@ from vlalign.errors import UserError
 
 
 class LinearHead(nn.Module):
-    """One affine layer: the alignment-probing head (SAIL part 1)."""
+    """One affine layer; with ``norm``, LayerNorm first: the official alignment-probing head
+    (SAIL part 1; the official ``AlignmentLayer`` puts a LayerNorm before every mapping).
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    ``norm`` defaults to off so a heads.json written before the option existed (no ``norm`` key)
+    rebuilds the plain layer it was trained as; ``config`` always records it.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, norm: bool = False) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {"kind": "linear", "in_dim": in_dim, "out_dim": out_dim}
+        self.config: dict[str, Any] = {"kind": "linear", "in_dim": in_dim, "out_dim": out_dim,
+                                       "norm": bool(norm)}
+        self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.proj = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)  # (..., in_dim) -> (..., out_dim)
+        return self.proj(self.norm(x))  # (..., in_dim) -> (..., out_dim)
 
 
 class _ClampedProduct(torch.autograd.Function):

@@ -16,7 +16,9 @@ standard ImageNet-1k class index), so a partial copy with a few classes keeps th
 ImageNet classifier (the list CLIP_benchmark and open_clip use; it names two pairs of classes
 alike: "missile" and "sunglasses"). They ship in ``imagenet_classes.tsv`` beside this module:
 1000 lines ``wnid<TAB>name`` in index order, generated from timm's ``imagenet_synsets.txt`` and
-open_clip's ``IMAGENET_CLASSNAMES``.
+open_clip's ``IMAGENET_CLASSNAMES`` (tests/test_eval_protocol.py compares every name with the
+installed open_clip's). Zero-shot prompts are the 80 OpenAI templates, filled verbatim
+(``vlalign.data.templates.IMAGENET_TEMPLATES``); the captions below are training captions.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ COCO and found as above for Flickr30k. ``split`` is one of ``test`` (the standar
 COCO / 1000 Flickr30k images), ``val``, ``train`` or ``restval`` (COCO only); items keep the
 JSON's order. Each item's captions are all its sentences' ``raw`` text, stripped, as
 ``{"0": first, "1": second, ...}`` (5 per image, a few COCO images have 6 or 7); labels are None.
+Retrieval uses every caption of every test image, repeats included, as CLIP_benchmark does
+(its ``mscoco_captions`` reads all annotations of the Karpathy test images; the official SAIL
+script instead keeps the first 5 captions of COCO val2017, a different set of 5000 images).
 A missing JSON, invalid JSON or an entry without ``filename``/``sentences`` is a UserError; a
 missing or corrupt image raises BadItem when loaded (a DataError if no image of the split exists).
 """
@@ -104,6 +107,14 @@ class KarpathyCaptions:
             raise BadItem(f"{self.json_path}: image {relative} has no non-empty sentence")
         return Example(key=relative, image=decode_image(self.image_dir / relative),
                        captions={str(k): text for k, text in enumerate(sentences)})
+
+
+def caption_list(source: Any, index: int) -> list[str] | None:
+    """Every caption of item ``index`` of a retrieval benchmark (through ``[start:stop]``
+    slices), or None when ``source`` has no caption list (a training-style source)."""
+    while not hasattr(source, "captions") and hasattr(source, "base_index"):
+        index, source = source.base_index(index), source.source
+    return source.captions(index) if hasattr(source, "captions") else None
 
 
 def _find_json(root: Path, dataset: str) -> Path:
