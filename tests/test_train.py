@@ -48,7 +48,7 @@ def test_training_learns_the_digits(digit_store, tmp_path):
     heads = json.loads((tmp_path / "run" / "heads.json").read_text())
     assert heads["vision"]["spec"] == VISION and heads["vision_head"]["kind"] == "glu"
     assert set(heads) == {"method", "step", "embed_dim", "vision_head", "text_head", "loss",
-                          "vision", "text"}
+                          "vision", "text", "positives"}
     tensors = load_tensors(tmp_path / "run" / "heads.safetensors")
     assert {"loss.log_scale", "loss.bias"} <= set(tensors)  # the loss's scale and bias are kept
 

@@ -28,3 +28,15 @@ def save_sail_teacher(path: Path) -> Path:
     """A small SAIL model to distil: MobileNetV2 at 64 px + bag of words, linear 16-d heads."""
     sail_model("linear").save_pretrained(path)
     return path
+
+
+def save_tiny_dinov2(path: Path, hidden: int = 16) -> Path:
+    """A random 2-layer DINOv2 (transformers Dinov2Model), 28 px with 14 px patches (2 x 2
+    tokens, pooled [CLS ; mean patch] = 2 * hidden), saved as a local folder (seed 0)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=2 * hidden, image_size=28, patch_size=14)
+    Dinov2Model(config).save_pretrained(path)
+    return path

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vlalign.errors import UserError
+from vlalign.utils.workers import default_workers
 
 log = logging.getLogger("vlalign")
 
@@ -127,6 +128,21 @@ def _classify(args: argparse.Namespace) -> None:
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked[: args.top]))
 
 
+def _import_sail(args: argparse.Namespace) -> None:
+    from vlalign.sail.official import import_official
+
+    out = import_official(args.checkpoint, args.vision, args.text, Path(args.out),
+                          device=args.device)
+    print(f"model written to {out} (vlalign.load_model({str(out)!r}), or --model {out})")
+
+
+def _export_sail(args: argparse.Namespace) -> None:
+    from vlalign.sail.official import export_official, official_keys
+
+    out = export_official(Path(args.run), Path(args.out))
+    print(f"official SAIL checkpoint written to {out} ({len(official_keys())} tensors)")
+
+
 def _model_arg(value: str) -> tuple[str, str]:
     """``NAME=PATH`` or ``PATH`` -> (name, path); the name defaults to the folder's name."""
     name, equals, path = value.partition("=")
@@ -153,14 +169,16 @@ def _eval(args: argparse.Namespace) -> None:
     from vlalign.eval.run import SUITES, Job, run_job, run_suite
     from vlalign.eval.tasks import Context
     from vlalign.models import load_model
+    from vlalign.utils.distributed import resolve_device
 
     ctx = Context(stores=_stores(args.store or []), batch_size=args.batch_size,
-                  progress=not args.quiet)
+                  progress=not args.quiet, num_workers=args.workers)
+    device = str(resolve_device(args.device))
     models = {}
     for name, path in map(_model_arg, args.model):
         if name in models:
             raise UserError(f"two models are named {name!r}; name them with --model NAME=PATH")
-        models[name] = (load_model(path), path.removeprefix("random-heads:"))
+        models[name] = (load_model(path, device=device), path.removeprefix("random-heads:"))
     if args.suite:
         out = Path(args.out or "results")
         run_suite(models, SUITES[args.suite], out, ctx, args.data_root)
@@ -276,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store directory")
     p.add_argument("--tokens", action="store_true", help="also store token maps (dense, UTA)")
     p.add_argument("--captions", default="raw,rewritten",
-                   help="caption kinds to store (default raw,rewritten; a source without "
-                   "rewritten captions repeats the raw one)")
+                   help="caption kinds to store (default raw,rewritten). An item without a "
+                   "kind repeats its raw caption there; the store counts the real ones "
+                   "(`vlalign info`) and training uses only the kinds the store has")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard (default 4096)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
@@ -346,10 +365,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory or saved model")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--labels", nargs="+", required=True, help='class names, e.g. "a cat" "a dog"')
-    p.add_argument("--templates", nargs="+", default=["a photo of a {}."],
-                   help="prompt templates with {} for the label")
+    p.add_argument("--templates", nargs="+", default=["a photo of {a} {c}."],
+                   help="prompt templates, applied verbatim: {c} (or {}) is the label, {a} "
+                        "its article (a/an); default 'a photo of {a} {c}.'")
     p.add_argument("--top", type=int, default=5, help="labels to print per image")
     p.set_defaults(func=_classify)
+
+    p = sub.add_parser(
+        "import-sail", help="turn an official SAIL checkpoint (.pt) into a vlalign model",
+        description="Load an official SAIL alignment layer (e.g. sail_dinov2l_nv2.pt from "
+        "le723z/sail, or an official training checkpoint) with torch.load(weights_only=True) "
+        "and write a vlalign model folder that `vlalign eval --model DIR`, `vlalign classify` "
+        "and vlalign.load_model(DIR) open. Strict: a missing or unknown key is an error.",
+        epilog="The released checkpoints were trained on --vision hf:facebook/dinov2-large with "
+        "--text hf:Alibaba-NLP/gte-large-en-v1.5 (sail_dinov2l_gte.pt) or --text "
+        "hf:nvidia/NV-Embed-v2 (sail_dinov2l_nv2.pt). The backbones are loaded once, to check "
+        "their output dims against the heads and record their identities.")
+    p.add_argument("checkpoint", metavar="FILE.pt", help="official alignment-layer checkpoint")
+    p.add_argument("--vision", required=True, help="vision spec the heads were trained on")
+    p.add_argument("--text", required=True, help="text spec the heads were trained on")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--device", default="cpu", help="where to load the backbones (default cpu)")
+    p.set_defaults(func=_import_sail)
+
+    p = sub.add_parser(
+        "export-sail", help="write a SAIL model in the official checkpoint layout (.pt)",
+        description="Write the GLU heads, logit scale and bias of a vlalign SAIL run or model "
+        "folder as the official AlignmentLayer state dict (vision_layer_norm.*, "
+        "vision_mapping_network.{f1,f2,g}.*, text_*, logit_scale, logit_bias): exactly those "
+        "keys, for the official code and its LLaVA vision tower.")
+    p.add_argument("run", metavar="RUN", help="training run directory or saved model folder")
+    p.add_argument("--out", required=True, metavar="FILE.pt", help="checkpoint file to write")
+    p.set_defaults(func=_export_sail)
 
     p = sub.add_parser(
         "eval", help="evaluate models (zero-shot, retrieval, k-NN, probes, pairs, segmentation)",
@@ -372,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", action="append", metavar="DIR",
                    help="feature store(s), or a folder of them, whose frozen features to reuse")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    p.add_argument("--device", default="auto",
+                   help="where models run: auto (a GPU if there is one), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                   help="image-decoding worker processes (default: the spare CPU cores, "
+                   f"here {default_workers()}; 0 decodes in the main process)")
     p.add_argument("--data-root", default="data", help="where set-up put the datasets")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval)

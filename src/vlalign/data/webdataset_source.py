@@ -1,4 +1,12 @@
-"""WebDataset-style tar shards read by random access: members are indexed once, then pread."""
+"""WebDataset-style tar shards read by random access: members are indexed once, then pread.
+
+Captions come from a sample's ``.txt`` and ``.json`` members together, as img2dataset writes
+them: the raw caption is the ``.txt`` text, else the JSON's ``caption`` (or ``raw_caption``, the
+DreamLIP column the official SAIL encoder reads); the rewritten caption is the first non-empty
+JSON field of ``REWRITTEN_FIELDS`` (vlalign's ``caption_rewritten``, then common names and the
+DreamLIP long/short captions, ShareGPT4V's first, as in the official recipe). JSON
+``"captions": [raw, rewritten]`` is read too.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,11 @@ from vlalign.errors import DataError, UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "json")
+RAW_FIELDS = ("caption", "raw_caption")
+REWRITTEN_FIELDS = ("caption_rewritten", "rewritten_caption", "long_caption", "longSV_captions",
+                    "shortSV_captions", "longIB_captions", "shortIB_captions",
+                    "longLLA_captions", "shortLLA_captions", "short_caption")
+LIST_FIELD = "captions"  # [raw, rewritten, ...]
 
 # One member's location in its shard: (data offset, size, extension).
 Member = tuple[int, int, str]
@@ -68,8 +81,17 @@ def _first(members: dict[str, Member], exts: tuple[str, ...]) -> Member | None:
     return next((members[e] for e in exts if e in members), None)
 
 
+def _text(value: Any) -> str | None:
+    """A caption's stripped text, or None for anything that is not a non-empty string."""
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def _field(record: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    return next((text for text in map(_text, map(record.get, fields)) if text), None)
+
+
 class WebDatasetShards:
-    """Image-caption samples (jpg/jpeg/png/webp + txt or json with "caption") from tar shards.
+    """Image-caption samples (jpg/jpeg/png/webp + txt and/or json) from tar shards.
 
     Open file handles are per process and never pickled, so the object can be sent to DataLoader
     workers; reads use ``os.pread`` and so share no file position.
@@ -81,14 +103,15 @@ class WebDatasetShards:
         self._files: dict[int, BinaryIO] = {}
         self._pid = os.getpid()
         self.paths = expand_shards(shards)
-        self.samples: list[tuple[int, str, Member | None, Member | None]] = []
+        # (shard, key, image member, {caption extension: member})
+        self.samples: list[tuple[int, str, Member | None, dict[str, Member]]] = []
         digest = hashlib.sha1(b"wds\n")
         for shard, path in enumerate(self.paths):
             stat = path.stat()
             digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
             for key, members in index_shard(path).items():
                 self.samples.append((shard, key, _first(members, IMAGE_EXTS),
-                                     _first(members, CAPTION_EXTS)))
+                                     {e: members[e] for e in CAPTION_EXTS if e in members}))
         self.name = f"wds:{','.join(_patterns(shards))}"
         self.fingerprint = digest.hexdigest()
 
@@ -123,26 +146,32 @@ class WebDatasetShards:
 
     def load(self, index: int) -> Example:
         """Sample ``index``'s decoded image and captions, or BadItem saying what is wrong."""
-        shard, key, image, caption = self.samples[index]
+        shard, key, image, captions = self.samples[index]
         where = f"{self.paths[shard]}:{key}"
         if image is None:
             raise BadItem(f"{where}: no image member ({'/'.join(IMAGE_EXTS)})")
-        if caption is None:
+        if not captions:
             raise BadItem(f"{where}: no caption member ({'/'.join(CAPTION_EXTS)})")
-        captions = self._captions(where, self._read(shard, caption), caption[2])
-        return Example(key=key, image=decode_image(self._read(shard, image)), captions=captions)
+        texts = {ext: self._read(shard, member) for ext, member in captions.items()}
+        return Example(key=key, image=decode_image(self._read(shard, image)),
+                       captions=self._captions(where, texts.get("txt"), texts.get("json")))
 
     @staticmethod
-    def _captions(where: str, data: bytes, ext: str) -> dict[str, str]:
+    def _captions(where: str, txt: bytes | None, record: bytes | None) -> dict[str, str]:
+        """{RAW: ..., REWRITTEN: ...} from a sample's .txt and .json members (see the module
+        docstring); REWRITTEN only when the sample has one."""
         try:
-            text = data.decode("utf-8")
-            record = json.loads(text) if ext == "json" else {"caption": text}
+            text = None if txt is None else txt.decode("utf-8")
+            fields = {} if record is None else json.loads(record.decode("utf-8"))
         except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise BadItem(f"{where}: unreadable caption ({error})") from None
-        raw = record.get("caption") if isinstance(record, dict) else None
-        if not isinstance(raw, str) or not raw.strip():
+        if not isinstance(fields, dict):
+            fields = {}
+        listed = fields.get(LIST_FIELD)
+        listed = [_text(c) for c in listed] if isinstance(listed, list) else []
+        listed += [None, None]
+        raw = _text(text) or _field(fields, RAW_FIELDS) or listed[0]
+        if raw is None:
             raise BadItem(f"{where}: empty or missing caption")
-        rewritten = record.get("caption_rewritten")
-        if isinstance(rewritten, str) and rewritten.strip():
-            return {RAW: raw.strip(), REWRITTEN: rewritten.strip()}
-        return {RAW: raw.strip()}
+        rewritten = _field(fields, REWRITTEN_FIELDS) or listed[1]
+        return {RAW: raw} if rewritten is None else {RAW: raw, REWRITTEN: rewritten}

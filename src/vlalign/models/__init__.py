@@ -3,6 +3,7 @@
 from vlalign.models.base import CLIPLikeModel, TextBatch
 from vlalign.models.load import load_model
 from vlalign.models.sail import VLModel
+from vlalign.models.sail_tower import SAILVisionTower
 from vlalign.models.uta import UTAModel
 
-__all__ = ["CLIPLikeModel", "TextBatch", "UTAModel", "VLModel", "load_model"]
+__all__ = ["CLIPLikeModel", "SAILVisionTower", "TextBatch", "UTAModel", "VLModel", "load_model"]

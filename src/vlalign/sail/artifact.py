@@ -61,6 +61,7 @@ class HeadsConfig:
     embed_dim: int | None = None
     loss: str | None = None
     untrained_seed: int | None = None  # set on the random-heads control
+    positives: list[str] | None = None  # caption kinds trained on (SAIL: raw, rewritten)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> HeadsConfig:
@@ -70,14 +71,15 @@ class HeadsConfig:
                    text=BackboneRecord.from_dict(config["text"]),
                    method=config.get("method"), step=config.get("step"),
                    embed_dim=config.get("embed_dim"), loss=config.get("loss"),
-                   untrained_seed=config.get("untrained_seed"))
+                   untrained_seed=config.get("untrained_seed"),
+                   positives=config.get("positives"))
 
     def to_dict(self) -> dict[str, Any]:
         """heads.json's layout."""
         config = {"method": self.method, "step": self.step, "embed_dim": self.embed_dim,
                   "vision_head": self.vision_head, "text_head": self.text_head, "loss": self.loss,
                   "vision": self.vision.to_dict(), "text": self.text.to_dict(),
-                  "untrained_seed": self.untrained_seed}
+                  "untrained_seed": self.untrained_seed, "positives": self.positives}
         return {k: v for k, v in config.items() if v is not None}
 
 
@@ -162,17 +164,24 @@ class AlignmentHeads(nn.Module):
         return F.normalize(out, dim=-1) if normalize else out
 
 
-def load_backbones(config: HeadsConfig, device: str = "cpu",
-                   where: str | Path = "") -> tuple[VisionEncoder, TextEncoder]:
-    """The frozen encoders the heads were trained on, rebuilt by spec; a UserError (naming
-    ``where``) when the vision backbone's weights are no longer the ones trained on."""
+def load_vision_backbone(config: HeadsConfig, device: str = "cpu",
+                         where: str | Path = "") -> VisionEncoder:
+    """The frozen vision encoder the heads were trained on, rebuilt by spec; a UserError (naming
+    ``where``) when its weights are no longer the ones trained on."""
     vision = create_vision_encoder(config.vision.spec, device=device)
-    text = create_text_encoder(config.text.spec, device=device)
     if vision.identity != config.vision.identity:
         raise UserError(f"{where}: vision backbone {config.vision.spec} now has identity "
                         f"{vision.identity}, but the heads were trained on "
                         f"{config.vision.identity}")
-    return vision, text
+    return vision
+
+
+def load_backbones(config: HeadsConfig, device: str = "cpu",
+                   where: str | Path = "") -> tuple[VisionEncoder, TextEncoder]:
+    """The frozen encoders the heads were trained on, rebuilt by spec (see
+    ``load_vision_backbone``)."""
+    vision = load_vision_backbone(config, device, where)
+    return vision, create_text_encoder(config.text.spec, device=device)
 
 
 def token_head_inputs(out: VisionOutput) -> torch.Tensor:

@@ -18,6 +18,7 @@ __all__ = ["HeadConfig", "OptimConfig", "SailConfig"]
 class HeadConfig:
     kind: str = setting("glu", choices=tuple(k for k in HEADS if k != "identity"))
     width_factor: int = setting(8, minimum=1)  # glu: hidden = width_factor * input dim
+    norm: bool = False  # linear: LayerNorm before the layer (the official probe head)
 
 
 @dataclass
@@ -33,3 +34,4 @@ class SailConfig(TrainSettings):
     positives: list[str] = setting(["raw", "rewritten"], choices=CAPTION_KINDS)
     loss_block_size: int = setting(4096, minimum=1)
     verify_stores: bool = True  # sha256 every training shard before the first step
+    data_on_device: bool = False  # hold every stored row on the training device, index there

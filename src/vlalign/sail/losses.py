@@ -275,8 +275,9 @@ class InfoNCELoss(ContrastiveLoss):
     """Symmetric InfoNCE (CLIP): (CE image->text + CE text->image) / 2, learnable scale.
 
     logits = scale * image @ text.T with scale = exp(log_scale), kept at most ``max_scale`` by
-    ``clamp_scale_`` after each optimiser step; each cross-entropy is averaged over the global batch |B|. Each rank's image
-    rows see all global texts and its text rows all global images; see the module docstring.
+    ``clamp_scale_`` after each optimiser step; each cross-entropy is averaged over the global
+    batch |B|. Each rank's image rows see all global texts and its text rows all global images;
+    see the module docstring.
     """
 
     def __init__(self, init_scale: float = 1 / 0.07, max_scale: float = 100.0,

@@ -10,6 +10,7 @@ with one line rather than hours later.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from vlalign.sail.config import HeadConfig, SailConfig
 from vlalign.sail.heads import create_head
 from vlalign.sail.losses import create_loss
 from vlalign.store.reader import FeatureStore
-from vlalign.store.stream import Batch, BatchStream, StoreMix
+from vlalign.store.stream import Batch, BatchStream, ResidentRows, StoreMix
 from vlalign.train.loop import fit
 from vlalign.train.run import RunDir
 from vlalign.train.task import StepOutput, Task
 from vlalign.train.trackers import check_trackers
 from vlalign.utils.distributed import init_from_env, raise_if_any_failed, resolve_device
+
+log = logging.getLogger(__name__)
 
 Evaluator = Callable[["SailModule", int], dict[str, float]]
 
@@ -39,11 +42,11 @@ class SailModule(nn.Module):
     """The trainable part of SAIL: one head per modality plus the loss's scale and bias."""
 
     def __init__(self, config: SailConfig, image_dim: int, text_dim: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, kinds: list[str] | None = None):
         super().__init__()
         self.vision_head = _head(config.vision_head, image_dim, config.embed_dim)
         self.text_head = _head(config.text_head, text_dim, config.embed_dim)
-        self.kinds = list(config.positives)
+        self.kinds = list(config.positives if kinds is None else kinds)  # the positives used
         self.loss = create_loss(config.loss, block_size=config.loss_block_size, rank=rank,
                                 world_size=world_size)
 
@@ -64,7 +67,8 @@ class SailModule(nn.Module):
 
 
 def _head(config: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
-    options = {"width_factor": config.width_factor} if config.kind == "glu" else {}
+    options = ({"width_factor": config.width_factor} if config.kind == "glu"
+               else {"norm": config.norm} if config.kind == "linear" else {})
     return create_head(config.kind, in_dim, out_dim, **options)
 
 
@@ -96,7 +100,7 @@ def export_heads(module: SailModule, run_dir: Path, config: SailConfig,
         vision_head=module.vision_head.config, text_head=module.text_head.config,
         vision=BackboneRecord.from_dict(manifest["vision"]),
         text=BackboneRecord.from_dict(manifest["text"]), method="sail", step=step,
-        embed_dim=config.embed_dim, loss=config.loss)
+        embed_dim=config.embed_dim, loss=config.loss, positives=list(module.kinds))
     heads = AlignmentHeads(module.vision_head, module.text_head, heads_config)
     heads.save_pretrained(run_dir, extra={f"loss.{k}": v
                                           for k, v in module.loss.state_dict().items()})
@@ -111,14 +115,21 @@ class SailTask(Task):
         self.config = config
         self.stores = [FeatureStore(p) for p in config.train_stores]
         data = StoreMix(self.stores)
-        data.kinds_available(config.positives)
+        # Train on the caption kinds the stores really hold (a source without rewritten
+        # captions must not give the raw caption twice); heads.json records them.
+        kinds, notes = data.usable_kinds(config.positives)
+        for note in notes if rank == 0 else ():
+            log.warning(note)
         _check_stores(config, self.stores, rank, world_size)
         self.device = resolve_device(config.device)
-        self.stream = BatchStream(data, config.batch_size, config.positives, config.seed, rank,
-                                  world_size, prefetch=2 if self.device.type == "cuda" else 0)
+        cuda = self.device.type == "cuda"
+        resident = ResidentRows(data, kinds, self.device) if config.data_on_device else None
+        self.stream = BatchStream(data, config.batch_size, kinds, config.seed, rank, world_size,
+                                  prefetch=2 if cuda and resident is None else 0,
+                                  pin_memory=cuda, resident=resident)
         self.steps_per_epoch, self.samples_per_step = self.stream.steps_per_epoch, config.batch_size
         torch.manual_seed(config.seed)
-        self.module = SailModule(config, data.image_dim, data.text_dim, rank, world_size)
+        self.module = SailModule(config, data.image_dim, data.text_dim, rank, world_size, kinds)
         self.module.to(self.device)
 
     def batches(self, start: int, stop: int) -> Iterator[Batch]:

@@ -64,7 +64,8 @@ def compose_store(images: FeatureStore, texts: FeatureStore, out: Path) -> Featu
     if (texts.path / PROMPTS).exists():
         _link(texts.path / PROMPTS, out / PROMPTS)
     manifest |= {"text": texts.manifest["text"], "caption_kinds": texts.manifest["caption_kinds"],
-                 "tokens": False, "grid": None, "shards": shards,
+                 "caption_counts": texts.manifest.get("caption_counts"), "tokens": False,
+                 "grid": None, "shards": shards,
                  "composed_from": {"images": str(images.path), "texts": str(texts.path)}}
     atomic_write_json(out / MANIFEST, manifest)
     return FeatureStore(out)

@@ -36,6 +36,7 @@ from vlalign.store.layout import (
     PROMPTS,
     shard_dir,
     shard_file,
+    transform_difference,
 )
 from vlalign.utils.distributed import (
     gather_objects,
@@ -82,8 +83,12 @@ class _Decoded(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             example = self.source.load(index)
-            captions = [example.captions.get(kind) or example.captions.get(RAW, "")
-                        for kind in self.kinds]
+            # Every row holds one caption per kind: a kind the item lacks repeats its raw
+            # caption, and ``real`` says which are its own (counted into the manifest's
+            # caption_counts, so training can leave a kind out that no item has).
+            real = [bool((example.captions.get(kind) or "").strip()) for kind in self.kinds]
+            captions = [example.captions[kind] if own else example.captions.get(RAW, "")
+                        for kind, own in zip(self.kinds, real)]
             if not all(c and c.strip() for c in captions):
                 raise BadItem("empty caption")
             pixels = image_to_tensor(example.image, self.preprocess)
@@ -91,7 +96,7 @@ class _Decoded(Dataset):
             return {"index": index, "bad": str(bad) or "bad item"}
         label = -1 if example.label is None else int(example.label)
         return {"index": index, "key": example.key, "pixels": pixels, "captions": captions,
-                "label": label}
+                "real": real, "label": label}
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,6 +107,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             "key": [item["key"] for item in good],
             "pixels": torch.stack([item["pixels"] for item in good]),
             "captions": [item["captions"] for item in good],
+            "real": [item["real"] for item in good],
             "label": [item["label"] for item in good],
         },
         "bad": [(item["index"], item["bad"]) for item in items if "bad" in item],
@@ -164,6 +170,12 @@ def _check_or_start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     path = out / MANIFEST
     if path.exists():
         manifest = read_json(path)
+        difference = transform_difference((manifest.get("vision") or {}).get("preprocess"),
+                                          identity["vision"]["preprocess"])
+        if difference:
+            raise StoreError(f"{out} holds image features made with another image transform "
+                             f"({difference}); encoding more into it would mix the two: choose "
+                             "another --out or delete it")
         for key, value in identity.items():
             if manifest.get(key) != value:
                 raise StoreError(
@@ -199,6 +211,7 @@ class _ShardBuffer:
         self.keys: list[str] = []
         self.labels: list[int] = []
         self.captions: list[list[str]] = []
+        self.real: list[list[bool]] = []  # per row and kind: the item's own caption?
         self.bad: list[tuple[int, str]] = []
         self.grid: list[int] | None = None
 
@@ -216,8 +229,10 @@ class _ShardBuffer:
                       else np.zeros((0, 0, self.vision.token_dim), np.float32))
             sha["tokens"] = atomic_save_npy(shard_file(out, self.shard, "tokens"),
                                             cast_features(tokens, dtype, "token"))
+        counts = {kind: sum(row[j] for row in self.real) for j, kind in enumerate(kinds)}
         meta = {"shard": self.shard, "rows": len(self.keys), "keys": self.keys,
-                "labels": self.labels, "captions": self.captions, "grid": self.grid,
+                "labels": self.labels, "captions": self.captions, "caption_counts": counts,
+                "grid": self.grid,
                 "bad": [{"index": i, "reason": r} for i, r in self.bad], "sha256": sha}
         atomic_write_json(shard_file(out, self.shard, "meta"), meta)
         return len(self.keys)
@@ -311,6 +326,7 @@ def _encode_shards(source: Source, vision: VisionEncoder, text: TextEncoder, out
             buffer.keys.extend(good["key"])
             buffer.labels.extend(good["label"])
             buffer.captions.extend(good["captions"])
+            buffer.real.extend(good["real"])
         n = len(batch["bad"]) + (len(good["index"]) if good else 0)
         seen, bad_count = seen + n, bad_count + len(batch["bad"])
         bar.update(n)
@@ -342,6 +358,7 @@ def _encode_class_prompts(out: Path, source: Source, text: TextEncoder) -> dict[
 def _finish(out: Path, manifest: dict[str, Any], num_shards: int, options: EncodeOptions,
             seen_now: int, elapsed: float) -> dict[str, Any]:
     shards, bad_lines, rows_total, grid = [], [], 0, None
+    counts: dict[str, int] | None = dict.fromkeys(manifest["caption_kinds"], 0)
     for k in range(num_shards):
         if not shard_file(out, k, "meta").exists():
             raise StoreError(f"shard {k} of {out} is missing after encoding; under torchrun "
@@ -350,6 +367,11 @@ def _finish(out: Path, manifest: dict[str, Any], num_shards: int, options: Encod
         shards.append({"index": k, "rows": meta["rows"], "sha256": meta["sha256"]})
         rows_total += meta["rows"]
         grid = grid or meta.get("grid")
+        shard_counts = meta.get("caption_counts")  # absent in shards of older encodes
+        if counts is not None and shard_counts is not None:
+            counts = {kind: n + int(shard_counts.get(kind, 0)) for kind, n in counts.items()}
+        else:
+            counts = None
         bad_lines += [json.dumps({"shard": k, **b}) for b in meta["bad"]]
     total = manifest["dataset"]["items"]
     if total and len(bad_lines) > options.max_bad_fraction * total:
@@ -358,9 +380,23 @@ def _finish(out: Path, manifest: dict[str, Any], num_shards: int, options: Encod
                         f"see {out / 'shards'}/*.meta.json")
     atomic_write_bytes(out / BAD_ITEMS, "".join(line + "\n" for line in bad_lines).encode())
     manifest = {**manifest, "status": "complete", "rows": rows_total, "bad_items": len(bad_lines),
-                "grid": grid, "shards": shards,
+                "grid": grid, "caption_counts": counts, "shards": shards,
                 "last_run": {"items_encoded": seen_now, "seconds": round(elapsed, 2)}}
     atomic_write_json(out / MANIFEST, manifest)
     if bad_lines:
         log.warning("%d items skipped (listed in %s)", len(bad_lines), out / BAD_ITEMS)
+    if counts is not None:
+        _report_caption_kinds(out, counts, rows_total)
     return manifest
+
+
+def _report_caption_kinds(out: Path, counts: dict[str, int], rows: int) -> None:
+    """One line on the caption kinds found, and a warning for a kind no item has."""
+    log.info("%s: caption kinds found: %s", out,
+             ", ".join(f"{kind} {n}/{rows}" for kind, n in counts.items()))
+    missing = [kind for kind, n in counts.items() if n == 0 and kind != RAW]
+    if rows and missing:
+        log.warning("%s: no item has a %s caption (those rows repeat the raw caption); SAIL "
+                    "training on this store uses only %s", out,
+                    " or ".join(repr(k) for k in missing),
+                    ", ".join(repr(k) for k, n in counts.items() if n))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from vlalign.data.base import RAW
 from vlalign.errors import StoreError
 from vlalign.store.layout import MANIFEST, PROMPTS, shard_dir, shard_file
 from vlalign.utils.files import read_json, sha256_file
@@ -115,6 +116,26 @@ class FeatureStore:
     def caption_kinds(self) -> list[str]:
         return list(self.manifest["caption_kinds"])
 
+    @cached_property
+    def caption_counts(self) -> dict[str, int]:
+        """Rows holding their own caption of each kind; the others repeat the raw caption (the
+        source had none of that kind). Recorded by the encode; for stores encoded before it
+        was, counted from the stored captions (a caption equal to the raw one is not its own)."""
+        kinds = self.caption_kinds
+        counts = self.manifest.get("caption_counts")
+        if counts is not None:
+            return {kind: int(counts.get(kind, 0)) for kind in kinds}
+        if RAW not in kinds:
+            return dict.fromkeys(kinds, len(self))
+        raw = kinds.index(RAW)
+        return {kind: len(self) if j == raw else sum(row[j] != row[raw] for row in self.captions)
+                for j, kind in enumerate(kinds)}
+
+    @property
+    def real_caption_kinds(self) -> list[str]:
+        """The caption kinds at least one row really has (see ``caption_counts``)."""
+        return [kind for kind, n in self.caption_counts.items() if n > 0]
+
     @property
     def has_tokens(self) -> bool:
         return bool(self.manifest["tokens"])
@@ -126,8 +147,15 @@ class FeatureStore:
 
     @property
     def backbones(self) -> tuple[str, str]:
-        """(vision identity, text identity): stores can be mixed only when these match."""
+        """(vision identity, text identity): stores can be mixed only when these match (and
+        their ``transform``)."""
         return self.manifest["vision"]["identity"], self.manifest["text"]["identity"]
+
+    @property
+    def transform(self) -> dict[str, Any] | None:
+        """The image transform the features were made with (``Preprocess.to_dict()``); older
+        stores hold only size, mean, std and interpolation (see layout.transform_difference)."""
+        return self.manifest["vision"].get("preprocess")
 
     @property
     def class_names(self) -> list[str] | None:
@@ -291,7 +319,8 @@ class FeatureStore:
             "rows": len(self), "bad_items": m["bad_items"], "shards": len(m["shards"]),
             "vision": m["vision"]["identity"], "image_dim": self.image_dim,
             "text": m["text"]["identity"], "text_dim": self.text_dim,
-            "caption_kinds": self.caption_kinds, "tokens": self.has_tokens,
+            "caption_kinds": self.caption_kinds, "caption_counts": self.caption_counts,
+            "tokens": self.has_tokens,
             "grid": list(self.grid) if self.grid else None, "dtype": m["dtype"],
             "size_mb": round(sum(p.stat().st_size for p in self.path.rglob("*")
                                  if p.is_file()) / 2**20, 1),

@@ -7,6 +7,7 @@ shards as stored (float16) and cast once on the device; memory is a few batches,
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from vlalign.errors import StoreError
+from vlalign.store.layout import transform_difference
 from vlalign.store.reader import FeatureStore
 from vlalign.train.sampler import StepOrder
 
@@ -32,6 +34,12 @@ class StoreMix:
                 raise StoreError(f"{store.path} was encoded with {store.backbones}, but "
                                  f"{first.path} with {first.backbones}; "
                                  "stores must share backbones")
+            difference = transform_difference(first.transform, store.transform,
+                                              names=("first", "this"))
+            if difference:
+                raise StoreError(f"{store.path} and {first.path} hold image features of "
+                                 f"different image transforms ({difference}); stores to mix "
+                                 "must share it")
         self.stores = stores
         self.offsets = np.cumsum([0] + [len(s) for s in stores])
         self.image_dim, self.text_dim = first.image_dim, first.text_dim
@@ -40,13 +48,45 @@ class StoreMix:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def kinds_available(self, kinds: list[str]) -> None:
-        """StoreError if a caption kind the recipe needs is missing from a store."""
-        for store in self.stores:
-            missing = [k for k in kinds if k not in store.caption_kinds]
-            if missing:
-                raise StoreError(f"{store.path} has caption kinds {store.caption_kinds}, "
-                                 f"the recipe needs {missing}")
+    def usable_kinds(self, kinds: list[str]) -> tuple[list[str], list[str]]:
+        """The caption kinds of ``kinds`` to train on, and one line to log per thing to know.
+
+        A kind is used when every (non-empty) store really holds it: a store without the column,
+        or whose rows all repeat the raw caption there (a source without rewritten captions),
+        leaves the kind out for the whole run rather than training on a copy of the raw
+        caption as a second positive. A kind only some rows hold is used, with a note of how
+        many repeat the raw caption. StoreError when no kind is left.
+        """
+        used, lacking, notes = [], {}, []
+        for kind in kinds:
+            for store in self.stores:
+                count = store.caption_counts.get(kind, 0)
+                if len(store) and count == 0:
+                    lacking.setdefault(kind, []).append(store)
+            if kind not in lacking:
+                used.append(kind)
+        if not used:
+            raise StoreError(f"{self._describe(lacking)}; the recipe's positives {kinds} leave "
+                             "nothing to train on (set positives to the kinds the store has)")
+        for kind in used:
+            for store in self.stores:
+                count = store.caption_counts.get(kind, 0)
+                if len(store) and count < len(store):
+                    notes.append(f"store {store.path}: {count} of {len(store)} rows have a "
+                                 f"{kind!r} caption; the others repeat the raw caption")
+        if lacking:
+            number = "one positive" if len(used) == 1 else f"{len(used)} positives"
+            notes.insert(0, f"{self._describe(lacking)}: training with {number} "
+                         f"({', '.join(repr(k) for k in used)})")
+        return used, notes
+
+    @staticmethod
+    def _describe(lacking: dict[str, list[FeatureStore]]) -> str:
+        """'store X has only 'raw' captions' for each store lacking a kind, joined."""
+        stores = {store.path: store for found in lacking.values() for store in found}
+        return "; ".join(
+            f"store {path} has only {' and '.join(repr(k) for k in s.real_caption_kinds) or 'no'}"
+            " captions" for path, s in stores.items())
 
     def gather(self, rows: np.ndarray, kinds: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image features (n x Di) and one text matrix per kind (n x Dt), in the stored dtype."""
@@ -71,30 +111,88 @@ class Batch:
     texts: list[torch.Tensor]  # one B x Dt per caption kind
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Batch:
-        """The batch on ``device`` in ``dtype``: one copy and one cast of the stored rows."""
-        return Batch(self.step, self.images.to(device, dtype, non_blocking=True),
-                     [t.to(device, dtype, non_blocking=True) for t in self.texts])
+        """The batch on ``device`` in ``dtype``: copied as stored (float16, half the bytes;
+        asynchronous from pinned memory) and cast on the device."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True).to(dtype)
+
+        return Batch(self.step, move(self.images), [move(t) for t in self.texts])
+
+
+class ResidentRows:
+    """Every row of a StoreMix held in memory on one device (float16 as stored), indexed there.
+
+    ``data_on_device: true``: a store that fits in GPU memory (CC3M's DINOv2-L + GTE features
+    are about 23 GB) is read from disk once instead of through the host every step. Under
+    torchrun each rank holds a full copy, since its rows of a global batch range over the whole
+    store. StoreError, before anything is copied, when it would not fit.
+    """
+
+    CHUNK_ROWS = 65536  # rows copied per transfer while loading
+
+    def __init__(self, data: StoreMix, kinds: list[str], device: torch.device) -> None:
+        need = len(data) * (data.image_dim + len(kinds) * data.text_dim) * data.dtype.itemsize
+        free = free_memory_bytes(device)
+        if need > 0.9 * free:
+            raise StoreError(f"data_on_device: the stores need {need / 2**30:.1f} GiB, {device} "
+                             f"has {free / 2**30:.1f} GiB free; set data_on_device: false")
+        dtype = getattr(torch, data.dtype.name)
+        self.images = torch.empty(len(data), data.image_dim, dtype=dtype, device=device)
+        self.texts = [torch.empty(len(data), data.text_dim, dtype=dtype, device=device)
+                      for _ in kinds]
+        for start in range(0, len(data), self.CHUNK_ROWS):
+            rows = np.arange(start, min(start + self.CHUNK_ROWS, len(data)))
+            images, texts = data.gather(rows, kinds)
+            self.images[rows[0]:rows[-1] + 1] = torch.from_numpy(images)
+            for held, chunk in zip(self.texts, texts, strict=True):
+                held[rows[0]:rows[-1] + 1] = torch.from_numpy(chunk)
+        self.device = device
+
+    def take(self, step: int, rows: np.ndarray) -> Batch:
+        """The rows of one batch, gathered on the device."""
+        index = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        return Batch(step, self.images.index_select(0, index),
+                     [t.index_select(0, index) for t in self.texts])
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Bytes free on ``device``: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class BatchStream:
     """Deterministic shuffled batches (drop-last, ``StepOrder``) from a step on.
 
-    ``prefetch`` > 0 gathers the next batches in a background thread: worth it when the step
-    runs on a GPU; on a CPU the thread competes with torch's own threads for the cores (measured:
-    steps up to 2x slower on 2 cores), so the CPU default gathers in the loop.
+    Each rank gathers only its own rows of each global batch. ``prefetch`` > 0 gathers the next
+    batches in a background thread: worth it when the step runs on a GPU; on a CPU the thread
+    competes with torch's own threads for the cores (measured: steps up to 2x slower on 2
+    cores), so the CPU default gathers in the loop. ``pin_memory`` puts each gathered batch in
+    page-locked memory, so its copy to a GPU is asynchronous. ``resident`` (``ResidentRows``)
+    replaces the host gather by an index on the device.
     """
 
     def __init__(self, data: StoreMix, batch_size: int, kinds: list[str], seed: int,
-                 rank: int = 0, world_size: int = 1, prefetch: int = 0):
+                 rank: int = 0, world_size: int = 1, prefetch: int = 0,
+                 pin_memory: bool = False, resident: ResidentRows | None = None):
         self.order = StepOrder(len(data), batch_size, seed, rank, world_size,
                                noun="stored pairs", error=StoreError)
         self.data, self.kinds, self.prefetch = data, kinds, prefetch
+        self.pin_memory, self.resident = pin_memory, resident
         self.steps_per_epoch = self.order.steps_per_epoch
 
     def load(self, step: int) -> Batch:
         """This rank's rows of global batch ``step``, as stored (float16)."""
-        images, texts = self.data.gather(self.order.rows_of(step), self.kinds)
-        return Batch(step, torch.from_numpy(images), [torch.from_numpy(t) for t in texts])
+        rows = self.order.rows_of(step)
+        if self.resident is not None:
+            return self.resident.take(step, rows)
+        images, texts = self.data.gather(rows, self.kinds)
+        tensors = [torch.from_numpy(x) for x in (images, *texts)]
+        if self.pin_memory:
+            tensors = [t.pin_memory() for t in tensors]
+        return Batch(step, tensors[0], tensors[1:])
 
     def iterate(self, start: int, stop: int) -> Iterator[Batch]:
         """Batches ``start .. stop-1``."""
