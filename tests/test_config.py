@@ -40,4 +40,5 @@ def test_shipped_recipes_load():
     paper = load_config(SailConfig, "configs/sail-paper.yaml")
     assert (paper.batch_size, paper.optim.name, paper.optim.lr) == (32768, "lion", 1e-5)
     assert paper.vision_head.width_factor == 8 and paper.embed_dim == 1024
+    assert paper.vision_head.init == paper.text_head.init == "xavier"  # the official init
     load_config(SailConfig, "configs/sail-offline.yaml")

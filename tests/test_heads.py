@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from vlalign.errors import UserError
-from vlalign.sail.heads import HEADS, GLUHead, create_head
+from vlalign.sail.config import HeadConfig
+from vlalign.sail.heads import HEADS, GLUHead, create_head, xavier_init_
+from vlalign.sail.train import _head
 
 KINDS = sorted(kind for kind in HEADS if kind != "identity")  # the trainable heads
 
@@ -140,3 +142,19 @@ def test_unknown_kind_lists_valid_kinds() -> None:
 def test_bad_option_is_user_error() -> None:
     with pytest.raises(UserError, match="width_factor"):
         create_head("linear", 8, 4, width_factor=8)
+
+
+def test_xavier_init_is_the_official_initialisation() -> None:
+    """Xavier-uniform weights (bound sqrt(6 / (fan_in + fan_out))), zero biases, LayerNorm at
+    (1, 0), as model/sail_model.py's _initialize_weights; a recipe asks for it by name."""
+    torch.manual_seed(0)
+    head = xavier_init_(GLUHead(64, 32, width_factor=4))
+    for layer in (head.w1, head.w2, head.w_out):
+        fan_out, fan_in = layer.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert not layer.bias.any()
+    assert torch.equal(head.norm.weight, torch.ones(64)) and not head.norm.bias.any()
+    built = _head(HeadConfig("linear", init="xavier"), 64, 32)
+    assert not built.proj.bias.any()  # PyTorch's default init draws a non-zero bias
+    assert _head(HeadConfig("linear"), 64, 32).proj.bias.any()

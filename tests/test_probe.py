@@ -268,7 +268,8 @@ def test_probe_paper_recipe_is_the_official_script():
     """configs/probe-paper.yaml = SAIL's scripts/alignment_probing.sh (see the YAML's notes)."""
     config = load_config(ProbeConfig, Path(__file__).parents[1] / "configs" / "probe-paper.yaml")
     sail = config.sail
-    assert sail.vision_head == sail.text_head == HeadConfig(kind="linear", norm=True)
+    assert sail.vision_head == sail.text_head == HeadConfig(kind="linear", norm=True,
+                                                            init="xavier")
     assert (sail.embed_dim, sail.loss, sail.positives) == (2048, "sigmoid", ["raw", "rewritten"])
     optim = sail.optim
     assert (optim.name, optim.lr, optim.weight_decay) == ("lion", 1e-5, 1e-7)

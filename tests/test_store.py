@@ -141,3 +141,42 @@ def test_float16_that_cannot_hold_the_features_is_an_error_not_silent_zeros():
         with pytest.raises(StoreError, match="--dtype float32"):
             cast_features(bad, np.float16, "image")
     assert cast_features(np.array([[1e-8]], np.float32), np.float32, "image")[0, 0] == 1e-8
+
+
+def test_workers_ship_uint8_pixels_and_the_store_equals_the_float_path(tmp_path):
+    """Decoding workers send resized, cropped uint8 pixels (a quarter of float32's bytes); the
+    main process normalises them on the device, giving exactly the float pipeline's input."""
+    from vlalign.store.encode import _Decoded
+
+    vision = create_vision_encoder(VISION)
+    item = _Decoded(create_source("digits:train[:4]"), vision, ["raw"])[2]
+    assert item["pixels"].dtype == torch.uint8 and item["pixels"].shape[0] == 3
+    store = _encode(tmp_path / "s", data="digits:train[:40]", num_workers=1)
+    source = create_source("digits:train[:40]")
+    pixels = torch.stack([image_to_tensor(source.load(i).image, vision.preprocess)
+                          for i in (0, 39)])
+    np.testing.assert_array_equal(store.images(np.array([0, 39])),
+                                  vision.encode(pixels).pooled.numpy().astype(np.float16))
+
+
+def test_bf16_encoding_is_close_to_fp32_and_part_of_the_identity(tmp_path):
+    """--precision bf16 autocasts both backbones: features within bf16 rounding of fp32, and
+    recorded, so a store is never extended at another precision; auto is fp32 on the CPU."""
+    spec = "bundled:mobilenetv2?runtime=torch"
+
+    def encode(out: Path, precision: str) -> FeatureStore:
+        encode_store(create_source("digits:train[:32]"), create_vision_encoder(spec),
+                     create_text_encoder(TEXT), out, kinds=["raw"], specs=(spec, TEXT),
+                     options=EncodeOptions(shard_size=16, batch_size=16, num_workers=0,
+                                           progress=False, precision=precision))
+        return FeatureStore(out)
+
+    exact, low = encode(tmp_path / "fp32", "auto"), encode(tmp_path / "bf16", "bf16")
+    assert "precision" not in exact.manifest and low.manifest["precision"] == "bf16"
+    rows = np.arange(32)
+    a, b = exact.images(rows).astype(np.float32), low.images(rows).astype(np.float32)
+    assert not np.array_equal(a, b)
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.97, cosine.min()  # 50 bf16 layers of a CNN: ~1-2% per feature
+    with pytest.raises(StoreError, match="different precision"):
+        encode(tmp_path / "bf16", "fp32")

@@ -30,7 +30,8 @@ def _encode(args: argparse.Namespace) -> None:
     text = create_text_encoder(args.text, device=args.device)
     options = EncodeOptions(tokens=args.tokens, dtype=args.dtype, shard_size=args.shard_size,
                             batch_size=args.batch_size, num_workers=args.workers,
-                            max_bad_fraction=args.max_bad_fraction, progress=not args.quiet)
+                            max_bad_fraction=args.max_bad_fraction, progress=not args.quiet,
+                            precision=args.precision)
     encode_store(source, vision, text, Path(args.out), kinds=args.captions.split(","),
                  specs=(args.vision, args.text), options=options)
     if rank != 0:
@@ -300,11 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard (default 4096)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="decoding processes (default: the spare CPU cores, here "
+                   f"{default_workers()})")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="stop if more than this fraction of items is unusable (default 0.05)")
     p.add_argument("--data-root", default="data", help="where set-up put the datasets")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the backbones run: cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast of both backbones (default fp32; auto: bf16 on a GPU). Part "
+                   "of the store's identity: reduced precision changes the features")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_encode)
 

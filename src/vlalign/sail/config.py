@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vlalign.config import setting
-from vlalign.sail.heads import HEADS
+from vlalign.sail.heads import HEADS, INITS
 from vlalign.sail.losses import LOSSES
 from vlalign.train.config import OptimConfig, TrainSettings
 
@@ -19,6 +19,7 @@ class HeadConfig:
     kind: str = setting("glu", choices=tuple(k for k in HEADS if k != "identity"))
     width_factor: int = setting(8, minimum=1)  # glu: hidden = width_factor * input dim
     norm: bool = False  # linear: LayerNorm before the layer (the official probe head)
+    init: str = setting("torch", choices=INITS)  # xavier: the official code's initialisation
 
 
 @dataclass

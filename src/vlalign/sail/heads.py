@@ -110,6 +110,23 @@ class IdentityHead(nn.Module):
         return x
 
 
+def xavier_init_(head: nn.Module) -> nn.Module:
+    """The official SAIL initialisation: Xavier-uniform weights and zero biases for every
+    Linear, LayerNorm at (1, 0); in place, returns ``head``."""
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return head
+
+
+INITS = ("torch", "xavier")  # torch: PyTorch's own Linear init; xavier: the official code's
+
+
 HEADS: dict[str, type[nn.Module]] = {
     "linear": LinearHead, "glu": GLUHead, "mlp": MLPHead, "identity": IdentityHead,
 }

@@ -23,7 +23,7 @@ from vlalign.config import to_dict, validate
 from vlalign.errors import StoreError, UserError
 from vlalign.sail.artifact import AlignmentHeads, BackboneRecord, HeadsConfig
 from vlalign.sail.config import HeadConfig, SailConfig
-from vlalign.sail.heads import create_head
+from vlalign.sail.heads import create_head, xavier_init_
 from vlalign.sail.losses import create_loss
 from vlalign.store.reader import FeatureStore
 from vlalign.store.stream import Batch, BatchStream, ResidentRows, StoreMix
@@ -69,7 +69,8 @@ class SailModule(nn.Module):
 def _head(config: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
     options = ({"width_factor": config.width_factor} if config.kind == "glu"
                else {"norm": config.norm} if config.kind == "linear" else {})
-    return create_head(config.kind, in_dim, out_dim, **options)
+    head = create_head(config.kind, in_dim, out_dim, **options)
+    return xavier_init_(head) if config.init == "xavier" else head
 
 
 def _check_stores(config: SailConfig, stores: list[FeatureStore], rank: int,
