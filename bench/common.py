@@ -19,7 +19,8 @@ import torch
 from vlalign.train.config import TrainSettings
 from vlalign.train.task import Task
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where each benchmark writes NAME.json: $BENCH_RESULTS if set (bench/gpu.sh sets it to $OUT)
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict[str, str | int]:

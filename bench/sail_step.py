@@ -4,9 +4,10 @@ Heads: vision GLU 2048 -> 16384 -> 1024 (83.9M), text GLU 1024 -> 8192 -> 1024 (
 caption positives, sigmoid loss, Lion, random features. "vlalign" is the training engine's own
 step (``vlalign.train.loop.fit`` on a synthetic in-memory task: the same random batch, on the
 device, every step; schedule, autocast, finite checks, clipping, the learning guard, Lion, one
-metrics line per step), timed from the engine's per-step ``compute_s`` in its metrics.jsonl.
-"plain" is the same step written the obvious way: full B x B logits and a dense +-1 label
-matrix (as the official code does), under the same autocast, Lion and clipping. Each
+metrics line per step), timed from the engine's per-step ``compute_s`` in its metrics.jsonl;
+"vlalign-saved" the same with ``loss_save_grads`` (dL/dlogits kept from the forward, not
+recomputed). "plain" is the same step written the obvious way: full B x B logits and a dense
++-1 label matrix (as the official code does), under the same autocast, Lion and clipping. Each
 (implementation, batch) runs in its own process so peak memory is its own (GPU: allocated;
 CPU: resident; the engine's final checkpoint is excluded). Each configuration runs one warm-up
 step and ``--steps`` timed steps; a row is the median over the timed steps.
@@ -20,6 +21,7 @@ bench/results/sail_step.json.
 
     .venv/bin/python bench/sail_step.py [--batch 4096 32768] [--steps 2]
                                         [--precision auto|bf16|fp32] [--threads N]
+                                        [--impl vlalign vlalign-saved plain]
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from vlalign.train.precision import resolve_precision
 IMAGE_DIM, TEXT_DIM, EMBED, POSITIVES = 2048, 1024, 1024, 2
 DEFAULT_BATCHES = [4096, 32768]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+IMPLS = ("vlalign", "vlalign-saved", "plain")
 
 
 def useful_flops(batch: int) -> float:
@@ -66,10 +69,10 @@ def useful_flops(batch: int) -> float:
     return 6 * batch * (vision + POSITIVES * text) + POSITIVES * 6 * batch * batch * EMBED
 
 
-def _config(batch: int, precision: str) -> SailConfig:
+def _config(batch: int, precision: str, save_grads: bool = False) -> SailConfig:
     return SailConfig(vision_head=HeadConfig("glu", 8), text_head=HeadConfig("glu", 8),
                       embed_dim=EMBED, loss="sigmoid", loss_block_size=4096, batch_size=batch,
-                      precision=precision, verify_stores=False,
+                      precision=precision, verify_stores=False, loss_save_grads=save_grads,
                       optim=OptimConfig(lr=1e-5, weight_decay=1e-4))
 
 
@@ -96,10 +99,10 @@ class SyntheticSailTask(SyntheticTask):
         return [p for head in heads for p in head.parameters() if p.requires_grad]
 
 
-def engine_step(batch: int, steps: int, precision: str,
-                device: torch.device) -> tuple[float, float]:
+def engine_step(batch: int, steps: int, precision: str, device: torch.device,
+                save_grads: bool = False) -> tuple[float, float]:
     """Median engine ``compute_s`` over ``steps`` steps after one warm-up; peak memory (GiB)."""
-    config = _config(batch, precision)
+    config = _config(batch, precision, save_grads)
     task = SyntheticSailTask(config, device)
     times = engine_compute_times(task, config, steps + 1, to_dict(config))
     return statistics.median(times[1:]), task.peak_memory_gb
@@ -150,8 +153,11 @@ def worker(impl: str, batch: int, steps: int, precision: str) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     row: dict = {"impl": impl, "batch": batch, "precision": precision}
     try:
-        run = engine_step if impl == "vlalign" else plain_step
-        seconds, peak = run(batch, steps, precision, device)
+        if impl == "plain":
+            seconds, peak = plain_step(batch, steps, precision, device)
+        else:
+            seconds, peak = engine_step(batch, steps, precision, device,
+                                        save_grads=impl == "vlalign-saved")
     except (MemoryError, RuntimeError, UserError) as error:
         return row | {"error": str(error).splitlines()[0][:80]}
     return row | {"step_s": seconds, "pairs_per_s": batch / seconds,
@@ -170,6 +176,9 @@ def main() -> None:
                         help="torch CPU threads (default: torch's)")
     parser.add_argument("--memory-limit-gb", type=float, default=20.0,
                         help="address-space cap for each child (an OOM is reported, not fatal)")
+    parser.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS,
+                        help="implementations to time (default all: the engine, the engine "
+                        "keeping the loss gradients from the forward, the plain step)")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 1:
@@ -193,7 +202,7 @@ def main() -> None:
     ratio = f"ratio_to_{precision}_matmul"
     rows = []
     for batch in batches:
-        for impl in ("vlalign", "plain"):
+        for impl in args.impl:
             out = subprocess.run([sys.executable, __file__, "--worker", impl, str(batch),
                                   "--steps", str(args.steps), "--precision", precision,
                                   "--threads", str(args.threads), "--memory-limit-gb",
@@ -207,10 +216,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     for batch in batches:
-        ours = next(r for r in rows if r["batch"] == batch and r["impl"] == "vlalign")
-        plain = next(r for r in rows if r["batch"] == batch and r["impl"] == "plain")
-        if "peak_memory_gb" in ours and "peak_memory_gb" in plain:
-            ours["memory_vs_plain"] = ours["peak_memory_gb"] / plain["peak_memory_gb"]
+        plain = next((r for r in rows if r["batch"] == batch and r["impl"] == "plain"), {})
+        for ours in (r for r in rows if r["batch"] == batch and r["impl"] != "plain"):
+            if "peak_memory_gb" in ours and "peak_memory_gb" in plain:
+                ours["memory_vs_plain"] = ours["peak_memory_gb"] / plain["peak_memory_gb"]
     info = machine()
     print(f"\nmachine: {info}\n{precision} matmul rate: {peak / 1e9:.0f} GFLOP/s")
     print_table(rows, ["impl", "batch", "step_s", "pairs_per_s", ratio, "peak_memory_gb",

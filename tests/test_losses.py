@@ -257,3 +257,22 @@ def test_blocked_sigmoid_peak_memory_is_far_below_batch_squared() -> None:
                             capture_output=True, text=True, check=True, timeout=120, env=env)
     growth = int(result.stdout.strip())
     assert growth < n * n * 4 // 4, f"peak RSS grew {growth / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_saved_gradients_equal_recomputed_ones(dtype: torch.dtype | None) -> None:
+    """``save_grads`` keeps dL/dlogits from the forward: the same loss and gradients as
+    recomputing the logits in backward (fp32 and bf16 blocks), the reference's in fp32."""
+    image, texts = _embeddings(40, 2, seed=5)
+    recompute = SigmoidLoss.sail(block_size=16)
+    saving = SigmoidLoss.sail(block_size=16, save_grads=True)
+    want, want_grads = _loss_and_grads(recompute, image, texts, dtype)
+    got, got_grads = _loss_and_grads(saving, image, texts, dtype)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4 if dtype is None else 2e-2, atol=1e-6)
+    if dtype is None:
+        ref_value, ref_grads = _reference(saving, image, texts)
+        _assert_rel(got, ref_value)
+        for a, b in zip(got_grads, ref_grads, strict=True):
+            _assert_rel(a, b)

@@ -34,5 +34,8 @@ class SailConfig(TrainSettings):
     loss: str = setting("sigmoid", choices=tuple(LOSSES))  # sigmoid (SAIL) | siglip | infonce
     positives: list[str] = setting(["raw", "rewritten"], choices=CAPTION_KINDS)
     loss_block_size: int = setting(4096, minimum=1)
+    # sigmoid losses: keep dL/dlogits from the forward instead of recomputing the logits in
+    # backward (b x B values per caption kind in the matmul dtype: 2 GiB each at 32,768 in bf16)
+    loss_save_grads: bool = False
     verify_stores: bool = True  # sha256 every training shard before the first step
     data_on_device: bool = False  # hold every stored row on the training device, index there

@@ -82,21 +82,29 @@ class _SigmoidSum(torch.autograd.Function):
     """Sum over rows x columns of -log sigmoid(label * (scale * row . col + bias)), blocked.
 
     Row i is positive (label +1) with column offset + i, negative (-1) with every other column.
-    ``dtype`` is the matmul operand dtype (see ``block_dtype``); results are float32.
+    ``dtype`` is the matmul operand dtype (see ``block_dtype``); results are float32. With
+    ``save_grads`` the forward keeps each block's dL/dlogits in ``dtype`` (b x B values) and the
+    backward skips recomputing the logits: one GEMM and two elementwise passes fewer per block.
     """
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, cols: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor, offset: int, block: int, dtype: torch.dtype) -> torch.Tensor:
-        total = rows.new_zeros(())
+                bias: torch.Tensor, offset: int, block: int, dtype: torch.dtype,
+                save_grads: bool = False) -> torch.Tensor:
+        total, saved = rows.new_zeros(()), []
+        keep = save_grads and any(ctx.needs_input_grad[:4])
         with _float32(rows):
             scaled, low_cols = (rows * scale).to(dtype), cols.to(dtype)  # (b, d), (B, d)
             for start, stop in _blocks(cols.shape[0], block):
                 logits = _mm(scaled, low_cols[start:stop].T).add_(bias)  # (b, c) float32
                 logits.diagonal(offset - start).neg_()  # positives: -log sigmoid(z) = softplus(-z)
                 total += F.softplus(logits).sum()
+                if keep:  # G = sigmoid(logit) - [positive] = sigmoid(z), negated on positives
+                    grad = logits.sigmoid_()
+                    grad.diagonal(offset - start).neg_()
+                    saved.append(grad.to(dtype))
         ctx.save_for_backward(rows, scaled, low_cols, scale, bias)
-        ctx.offset, ctx.block = offset, block
+        ctx.offset, ctx.block, ctx.saved_grads = offset, block, saved
         return total
 
     @staticmethod
@@ -106,16 +114,21 @@ class _SigmoidSum(torch.autograd.Function):
             grad_logits_cols = torch.zeros_like(rows)  # (b, d): sum_j G_ij col_j
             grad_cols = rows.new_empty(cols.shape)  # (B, d) float32
             grad_bias = rows.new_zeros(())
-            for start, stop in _blocks(cols.shape[0], ctx.block):
-                grad = _mm(scaled, cols[start:stop].T).add_(bias).sigmoid_()  # (b, c) G
-                grad.diagonal(ctx.offset - start).sub_(1.0)  # G = sigmoid(z) - [positive]
-                grad_bias += grad.sum()
-                low = grad.to(cols.dtype)
+            for k, (start, stop) in enumerate(_blocks(cols.shape[0], ctx.block)):
+                if ctx.saved_grads:
+                    low = ctx.saved_grads[k]
+                    grad_bias += low.sum(dtype=torch.float32)
+                else:
+                    grad = _mm(scaled, cols[start:stop].T).add_(bias).sigmoid_()  # (b, c) G
+                    grad.diagonal(ctx.offset - start).sub_(1.0)  # G = sigmoid(z) - [positive]
+                    grad_bias += grad.sum()
+                    low = grad.to(cols.dtype)
                 _add_mm(grad_logits_cols, low, cols[start:stop])
                 grad_cols[start:stop] = _mm(low.T, scaled)  # (c, d)
+            ctx.saved_grads = []
             grad_scale = torch.dot(grad_logits_cols.view(-1), rows.view(-1))  # sum_ij G_ij cos_ij
         return (grad_logits_cols.mul_(scale * grad_total), grad_cols.mul_(grad_total),
-                grad_scale * grad_total, grad_bias * grad_total, None, None, None)
+                grad_scale * grad_total, grad_bias * grad_total, None, None, None, None)
 
 
 class _SoftmaxCrossEntropySum(torch.autograd.Function):
@@ -230,8 +243,9 @@ class SigmoidLoss(ContrastiveLoss):
                  scale_bounds: tuple[float, float] | None = (1.0, 100.0),
                  init_bias: float = -10.0, normalize: str = "pairs",
                  block_size: int | None = None, rank: int = 0, world_size: int = 1,
-                 group: dist.ProcessGroup | None = None) -> None:
+                 group: dist.ProcessGroup | None = None, save_grads: bool = False) -> None:
         super().__init__(block_size, rank, world_size, group)
+        self.save_grads = save_grads  # keep dL/dlogits from the forward: b x B values of memory
         if normalize not in ("pairs", "batch"):
             raise UserError(f"normalize must be 'pairs' (|B|^2, SAIL) or 'batch' (|B|, SigLIP), "
                             f"got {normalize!r}")
@@ -267,7 +281,7 @@ class SigmoidLoss(ContrastiveLoss):
         n = texts.shape[0]
         total = _SigmoidSum.apply(image, texts, self.scale, self.bias.float(),
                                   self.rank * image.shape[0], self.block_size or n,
-                                  block_dtype(image.device))
+                                  block_dtype(image.device), self.save_grads)
         return total / (n * n if self.normalize == "pairs" else n)
 
 

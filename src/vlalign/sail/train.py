@@ -47,8 +47,9 @@ class SailModule(nn.Module):
         self.vision_head = _head(config.vision_head, image_dim, config.embed_dim)
         self.text_head = _head(config.text_head, text_dim, config.embed_dim)
         self.kinds = list(config.positives if kinds is None else kinds)  # the positives used
+        extra = {"save_grads": True} if config.loss_save_grads else {}
         self.loss = create_loss(config.loss, block_size=config.loss_block_size, rank=rank,
-                                world_size=world_size)
+                                world_size=world_size, **extra)
 
     def encode_image_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image embeddings from backbone features."""
