@@ -17,9 +17,11 @@ from torch.utils._pytree import tree_leaves
 
 from vlalign.errors import UserError
 from vlalign.sail.losses import (
+    CPU_TILE_ELEMENTS,
     LOSSES,
     InfoNCELoss,
     SigmoidLoss,
+    _softplus_sum,
     create_loss,
     infonce_loss_reference,
     sigmoid_loss_reference,
@@ -222,7 +224,10 @@ class _LargestTensor(TorchDispatchMode):
 def test_blocked_path_never_creates_batch_squared_tensor(name: str) -> None:
     n, block = 2048, 128
     image, texts = _embeddings(n, 2, seed=4)
-    for block_size, largest in [(block, n * block), (None, n * n)]:  # None: the positive control
+    # None: one block of n columns. InfoNCE then forms n x n (the positive control); the
+    # sigmoid losses still cut their rows on the CPU into cache-sized tiles.
+    unblocked = n * n if name == "infonce" else CPU_TILE_ELEMENTS
+    for block_size, largest in [(block, n * block), (None, unblocked)]:
         loss_fn = create_loss(name, block_size=block_size)
         with _LargestTensor() as forward:
             loss, _ = loss_fn(image, texts)
@@ -276,3 +281,12 @@ def test_saved_gradients_equal_recomputed_ones(dtype: torch.dtype | None) -> Non
         _assert_rel(got, ref_value)
         for a, b in zip(got_grads, ref_grads, strict=True):
             _assert_rel(a, b)
+
+
+def test_vectorised_softplus_sum_equals_softplus() -> None:
+    """The loss's softplus from exp and log (vectorised on every CPU) matches
+    torch's softplus over the whole range of logits, deep negatives included."""
+    z = torch.cat([torch.linspace(-100, 100, 20001), torch.randn(10000) * 15 - 10])
+    for part in (z, z[z < -8], z[z > 8]):
+        want = F.softplus(part.double()).sum()
+        assert abs(_softplus_sum(part).double() - want) <= 1e-6 * want
