@@ -180,3 +180,15 @@ def test_bf16_encoding_is_close_to_fp32_and_part_of_the_identity(tmp_path):
     assert cosine.min() > 0.97, cosine.min()  # 50 bf16 layers of a CNN: ~1-2% per feature
     with pytest.raises(StoreError, match="different precision"):
         encode(tmp_path / "bf16", "fp32")
+
+
+def test_captions_encoded_beside_the_images_give_the_same_store(tmp_path):
+    """overlap_captions (the GPU default) encodes and writes a finished shard's captions in a
+    second thread while the next shard's images run: the store is the same, byte for byte."""
+    plain = _encode(tmp_path / "plain", data="digits:train[:150]", overlap_captions=False)
+    overlapped = _encode(tmp_path / "overlap", data="digits:train[:150]", overlap_captions=True)
+    rows = np.arange(150)
+    np.testing.assert_array_equal(plain.images(rows), overlapped.images(rows))
+    np.testing.assert_array_equal(plain.texts(rows), overlapped.texts(rows))
+    assert [s["sha256"] for s in plain.manifest["shards"]] == [
+        s["sha256"] for s in overlapped.manifest["shards"]]

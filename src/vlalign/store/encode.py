@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,6 +73,7 @@ class EncodeOptions:
     max_bad_fraction: float = 0.05
     progress: bool = True
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of both backbones) | auto
+    overlap_captions: bool | None = None  # encode captions beside images (None: on a GPU)
 
 
 class _Decoded(Dataset):
@@ -349,38 +351,63 @@ def _encode_shards(source: Source, vision: VisionEncoder, text: TextEncoder, out
                dynamic_ncols=True)
     seen, bad_count = 0, 0
     buffer: _ShardBuffer | None = None
-    for batch in loader:
-        shard = batch["last_index"] // options.shard_size
-        if buffer is None or buffer.shard != shard:
-            buffer = _ShardBuffer(shard, vision)
-        buffer.bad.extend(batch["bad"])
-        good = batch["good"]
-        if good:
-            pixels = normalise(good["pixels"].to(device, non_blocking=True), vision.preprocess)
-            with _autocast(options.precision, device):
-                result = vision.encode(pixels, tokens=options.tokens)
-            buffer.images.append(result.pooled.float().cpu().numpy())
-            if options.tokens:
-                buffer.tokens.append(result.tokens.float().cpu().numpy())
-                buffer.grid = list(result.grid)
-            buffer.keys.extend(good["key"])
-            buffer.labels.extend(good["label"])
-            buffer.captions.extend(good["captions"])
-            buffer.real.extend(good["real"])
-        n = len(batch["bad"]) + (len(good["index"]) if good else 0)
-        seen, bad_count = seen + n, bad_count + len(batch["bad"])
-        bar.update(n)
-        bar.set_postfix(bad=bad_count, refresh=False)
-        if seen >= 200 and bad_count > options.max_bad_fraction * seen:
-            raise DataError(f"{source.name}: {bad_count} of {seen} items are unusable "
-                            f"(more than --max-bad-fraction {options.max_bad_fraction}); "
-                            f"first: {buffer.bad[:1] or 'see earlier shards'}")
-        shard_end = min(total, (shard + 1) * options.shard_size) - 1
-        if batch["last_index"] == shard_end:
-            buffer.flush(out, text, options, kinds)
-            buffer = None
+    # A finished shard's captions are encoded and written while the next shard's images run
+    # (a GPU's vision forward then never waits on tokenisation); one shard at a time.
+    overlap = options.overlap_captions
+    overlap = device.type == "cuda" if overlap is None else overlap
+    flusher = ThreadPoolExecutor(max_workers=1) if overlap else None
+    pending: Future | None = None
+    try:
+        for batch in loader:
+            shard, buffer, n, bad = _encode_batch(batch, buffer, vision, device, options)
+            seen, bad_count = seen + n, bad_count + bad
+            bar.update(n)
+            bar.set_postfix(bad=bad_count, refresh=False)
+            if seen >= 200 and bad_count > options.max_bad_fraction * seen:
+                raise DataError(f"{source.name}: {bad_count} of {seen} items are unusable "
+                                f"(more than --max-bad-fraction {options.max_bad_fraction}); "
+                                f"first: {buffer.bad[:1] or 'see earlier shards'}")
+            if batch["last_index"] == min(total, (shard + 1) * options.shard_size) - 1:
+                if flusher is None:
+                    buffer.flush(out, text, options, kinds)
+                else:
+                    if pending is not None:
+                        pending.result()  # raises the previous flush's error, if any
+                    pending = flusher.submit(buffer.flush, out, text, options, kinds)
+                buffer = None
+        if pending is not None:
+            pending.result()
+    finally:
+        if flusher is not None:
+            flusher.shutdown(wait=True)
     bar.close()
     return seen
+
+
+def _encode_batch(batch: dict[str, Any], buffer: _ShardBuffer | None, vision: VisionEncoder,
+                  device: torch.device, options: EncodeOptions
+                  ) -> tuple[int, _ShardBuffer, int, int]:
+    """Run the vision backbone on one loader batch into its shard's buffer; returns (shard,
+    buffer, items seen, bad items)."""
+    shard = batch["last_index"] // options.shard_size
+    if buffer is None or buffer.shard != shard:
+        buffer = _ShardBuffer(shard, vision)
+    buffer.bad.extend(batch["bad"])
+    good = batch["good"]
+    if good:
+        pixels = normalise(good["pixels"].to(device, non_blocking=True), vision.preprocess)
+        with _autocast(options.precision, device):
+            result = vision.encode(pixels, tokens=options.tokens)
+        buffer.images.append(result.pooled.float().cpu().numpy())
+        if options.tokens:
+            buffer.tokens.append(result.tokens.float().cpu().numpy())
+            buffer.grid = list(result.grid)
+        buffer.keys.extend(good["key"])
+        buffer.labels.extend(good["label"])
+        buffer.captions.extend(good["captions"])
+        buffer.real.extend(good["real"])
+    n = len(batch["bad"]) + (len(good["index"]) if good else 0)
+    return shard, buffer, n, len(batch["bad"])
 
 
 def _encode_class_prompts(out: Path, source: Source, text: TextEncoder) -> dict[str, Any]:
