@@ -47,10 +47,11 @@ class _ClampedProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate, value = ctx.saved_tensors
-        # ReLU6's derivative as a plain mask: robust in bf16 (the official nn.ReLU6 crashed
-        # there on some GPUs).
-        inside = (gate > 0.0) & (gate < 6.0)
-        return grad * value * inside, grad * gate.clamp(0.0, 6.0)
+        clamped = gate.clamp(0.0, 6.0)
+        # ReLU6's derivative as a plain mask (1 where the clamp left the gate unchanged):
+        # robust in bf16, where the official nn.ReLU6 crashed on some GPUs.
+        grad_gate = (grad * value).mul_(clamped == gate)
+        return grad_gate, clamped.mul_(grad)
 
 
 class GLUHead(nn.Module):
