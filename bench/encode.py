@@ -82,10 +82,12 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help=f"store decoding workers (default {default_workers()})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="store decoding workers (default: vlalign's, by device)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.workers is None:
+        args.workers = default_workers(device.type)
     data = f"fashion-mnist:train[:{args.images}]"
     source = create_source(data)
     pre = create_vision_encoder(VISION).preprocess

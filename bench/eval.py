@@ -63,12 +63,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, default_workers()],
-                        help=f"worker counts to time (default 0 {default_workers()})")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="worker counts to time (default: 0 and 1 on the CPU, 0 and the "
+                        "spare cores beside a GPU)")
     parser.add_argument("--vision", default=VISION,
                         help="vision spec (on a GPU: ?runtime=torch is added for bundled:)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.workers is None:
+        args.workers = [0, max(1, default_workers(device.type))]
     spec = args.vision
     if device.type == "cuda" and spec.startswith("bundled:") and "runtime=" not in spec:
         spec += "?runtime=torch"  # the ONNX runtime is CPU-only

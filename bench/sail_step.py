@@ -15,9 +15,9 @@ step and ``--steps`` timed steps; a row is the median over the timed steps.
 Precision: ``--precision auto`` (the default) is the engine's rule (vlalign/train/precision.py):
 bf16 on a GPU and on a CPU where bf16 matmuls are fast, else fp32 (bf16 is ~100x slower on an
 AVX2-only CPU). The useful FLOP rate (forward + backward matmuls) is divided by the measured
-matmul rate of that dtype in the same run: ``ratio_to_bf16_matmul`` (``ratio_to_fp32_matmul``
-when the run is fp32). One JSON line per configuration, then a table, then
-bench/results/sail_step.json.
+matmul rate of that dtype in the same run, the higher of a measurement before and one after the
+rows: ``ratio_to_bf16_matmul`` (``ratio_to_fp32_matmul`` when the run is fp32). One JSON line
+per configuration, then a table, then bench/results/sail_step.json.
 
     .venv/bin/python bench/sail_step.py [--batch 4096 32768] [--steps 2]
                                         [--precision auto|bf16|fp32] [--threads N]
@@ -211,15 +211,21 @@ def main() -> None:
             row = json.loads(lines[-1]) if lines else {
                 "impl": impl, "batch": batch, "precision": precision,
                 "error": f"exit {out.returncode} (killed?)"}
-            if "flop_rate" in row:
-                row[ratio] = row["flop_rate"] / peak
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(f"# {row['impl']} at {batch}: {row.get('step_s', row.get('error'))}", flush=True)
+    # the ceiling: the higher of the matmul rates measured before and after the rows (a shared
+    # machine's rate drifts; the higher one gives the conservative ratio)
+    peak = max(peak, matmul_rate(DTYPES[precision], device))
+    for row in rows:
+        if "flop_rate" in row:
+            row[ratio] = row["flop_rate"] / peak
     for batch in batches:
         plain = next((r for r in rows if r["batch"] == batch and r["impl"] == "plain"), {})
         for ours in (r for r in rows if r["batch"] == batch and r["impl"] != "plain"):
             if "peak_memory_gb" in ours and "peak_memory_gb" in plain:
                 ours["memory_vs_plain"] = ours["peak_memory_gb"] / plain["peak_memory_gb"]
+    for row in rows:
+        print(json.dumps(row))
     info = machine()
     print(f"\nmachine: {info}\n{precision} matmul rate: {peak / 1e9:.0f} GFLOP/s")
     print_table(rows, ["impl", "batch", "step_s", "pairs_per_s", ratio, "peak_memory_gb",

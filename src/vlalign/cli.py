@@ -172,9 +172,10 @@ def _eval(args: argparse.Namespace) -> None:
     from vlalign.models import load_model
     from vlalign.utils.distributed import resolve_device
 
-    ctx = Context(stores=_stores(args.store or []), batch_size=args.batch_size,
-                  progress=not args.quiet, num_workers=args.workers)
     device = str(resolve_device(args.device))
+    workers = default_workers(device.split(":")[0]) if args.workers is None else args.workers
+    ctx = Context(stores=_stores(args.store or []), batch_size=args.batch_size,
+                  progress=not args.quiet, num_workers=workers)
     models = {}
     for name, path in map(_model_arg, args.model):
         if name in models:
@@ -301,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard (default 4096)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="decoding processes (default: the spare CPU cores, here "
-                   f"{default_workers()})")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: by device; here "
+                   f"{default_workers('cpu')} on the CPU, {default_workers('cuda')} beside a GPU)")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="stop if more than this fraction of items is unusable (default 0.05)")
     p.add_argument("--data-root", default="data", help="where set-up put the datasets")
@@ -427,9 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
     p.add_argument("--device", default="auto",
                    help="where models run: auto (a GPU if there is one), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=default_workers(), metavar="N",
-                   help="image-decoding worker processes (default: the spare CPU cores, "
-                   f"here {default_workers()}; 0 decodes in the main process)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image-decoding worker processes (default: by device; here "
+                   f"{default_workers('cpu')} on the CPU, {default_workers('cuda')} beside a "
+                   "GPU; 0 decodes in the main process)")
     p.add_argument("--data-root", default="data", help="where set-up put the datasets")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class EncodeOptions:
     shard_size: int = 4096
     batch_size: int = 64
     text_batch_size: int = 256
-    num_workers: int = field(default_factory=default_workers)
+    num_workers: int | None = None  # decoding processes; None: by device (default_workers)
     max_bad_fraction: float = 0.05
     progress: bool = True
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of both backbones) | auto
@@ -307,7 +307,9 @@ def encode_store(source: Source, vision: VisionEncoder, text: TextEncoder, out: 
     """
     options = options or EncodeOptions()
     device = getattr(vision, "device", torch.device("cpu"))
-    options = replace(options, precision=resolve_encode_precision(options.precision, device))
+    options = replace(options, precision=resolve_encode_precision(options.precision, device),
+                      num_workers=default_workers(device.type) if options.num_workers is None
+                      else options.num_workers)
     out = Path(out)
     rank, world_size = init_from_env()
     identity = store_identity(source, vision, text, kinds, options, specs)
