@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from vlalign import demo
 from vlalign.data.benchmarks.registry import create_benchmark
 from vlalign.data.templates import templates_for
 from vlalign.demo import QUICK, run_demo
+from vlalign.errors import StoreError
 from vlalign.eval.tasks import Context, zeroshot_retrieval
 from vlalign.models import load_model
 
@@ -125,3 +127,33 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     markdown = (out / "report.md").read_text()
     assert all(f"report_files/{name}.png" in markdown for name in names)
     assert all((out / "report_files" / f"{name}.png").is_file() for name in names)
+
+
+def test_a_demo_folder_of_an_older_vlalign_starts_over(tmp_path, monkeypatch, caplog):
+    """Stores refused as stale (another image transform, say) restart the whole demo folder:
+    the runs in it were trained on them, so nothing stale is reused or evaluated."""
+    out = tmp_path / "demo"
+    (out / "stores" / "fashion_train").mkdir(parents=True)
+    (out / "sail").mkdir()
+    (out / "sail" / "heads.json").write_text("{}")
+    (out / "summary.json").write_text("{}")
+    calls = []
+
+    def encode_all(size, root):
+        calls.append(sorted(p.name for p in out.iterdir()))
+        if len(calls) == 1:
+            raise StoreError(f"{root / 'fashion_train'} holds image features made with another "
+                             "image transform")
+        return {}
+
+    monkeypatch.setattr(demo, "_encode_all", encode_all)
+    assert demo._stores_of(out, demo.QUICK) == {}
+    assert calls == [["sail", "stores", "summary.json"], []]  # emptied before encoding again
+    assert "made by an older vlalign" in caplog.text
+
+    def refused(size, root):
+        raise StoreError("features do not fit float16")
+
+    monkeypatch.setattr(demo, "_encode_all", refused)
+    with pytest.raises(StoreError, match="float16"):  # a fresh folder's error is the user's
+        demo._stores_of(tmp_path / "fresh", demo.QUICK)

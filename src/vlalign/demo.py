@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.config import load_config
 from vlalign.data import create_source
+from vlalign.errors import StoreError
 from vlalign.eval.run import Job, offline_suite, run_suite
 from vlalign.eval.stored import evaluate_store, store_evaluator
 from vlalign.eval.tasks import Context
@@ -89,6 +91,20 @@ def _encode_all(size: DemoSize, root: Path) -> dict[str, Path]:
                      specs=(VISION, TEXT), options=EncodeOptions())
         stores[name] = out
     return stores
+
+
+def _stores_of(out: Path, size: DemoSize) -> dict[str, Path]:
+    """The demo's stores in ``out/stores``. A folder an older vlalign made (its stores refused,
+    e.g. for another image transform) is started over: everything in it was trained on them."""
+    try:
+        return _encode_all(size, out / "stores")
+    except StoreError as stale:
+        if not (out / "stores").exists():
+            raise
+        log.warning("%s was made by an older vlalign (%s); starting the demo over", out, stale)
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return _encode_all(size, out / "stores")
 
 
 def _train(run: Path, train: list[Path], size: DemoSize, epochs: float,
@@ -173,7 +189,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, float]:
     size = QUICK if quick else DemoSize()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    stores = _encode_all(size, out / "stores")
+    stores = _stores_of(out, size)
     main_run = _train(out / "sail", [stores["fashion_train"], stores["emoji_train"]], size,
                       size.epochs, val=(stores["fashion_test"], stores["emoji_test"]))
     transfer_run = _train(out / "sail_emoji_only", [stores["emoji_train"]], size,
