@@ -31,7 +31,9 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   step "installing torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION (on x86_64 the CUDA builds: they run on the CPU)"
   "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
-TORCH_PIN="torch==$("$PY" -c 'import torch; print(torch.__version__)')"
+# the installed distribution's version (torch.__version__ may add a local tag, e.g. +cu130,
+# that the wheel's metadata does not carry, and pip would then find no torch to satisfy it)
+TORCH_PIN="torch==$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
 CONSTRAINTS=$(mktemp)
 echo "$TORCH_PIN" > "$CONSTRAINTS"
 if [ ! -f "$VENV/.vlalign-deps" ] || ! cmp -s scripts/requirements.txt "$VENV/.vlalign-deps"; then
