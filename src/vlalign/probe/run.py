@@ -38,6 +38,7 @@ from vlalign.sail.artifact import AlignmentHeads
 from vlalign.sail.train import train_sail
 from vlalign.store import EncodeOptions, FeatureStore, encode_store
 from vlalign.store.compose import compose_store
+from vlalign.store.layout import transform_difference
 from vlalign.utils.files import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,14 @@ class StoreFinder:
             if read_json(manifest).get("status") == "complete":  # partial: resumed by get()
                 self.known.append(FeatureStore(manifest.parent))
 
-    def _find(self, fingerprint: str, side: int, identity: str) -> FeatureStore | None:
+    def _find(self, fingerprint: str, side: int, identity: str,
+              transform: dict[str, Any]) -> FeatureStore | None:
+        """A known store of that data and encoder; for images also of that image transform
+        (a store from before vlalign followed each library's transform is not reused)."""
         for store in self.known:
             if (store.manifest["dataset"]["fingerprint"] == fingerprint
                     and store.backbones[side] == identity
+                    and (side == 1 or transform_difference(store.transform, transform) is None)
                     and "composed_from" not in store.manifest):
                 return store
         return None
@@ -86,7 +91,7 @@ class StoreFinder:
         vision = create_vision_encoder(vision_spec)
         text = create_text_encoder(text_spec)
         wanted = (vision, text)[side].identity
-        found = self._find(source.fingerprint, side, wanted)
+        found = self._find(source.fingerprint, side, wanted, vision.preprocess.to_dict())
         if found is not None:
             return found
         folder = "images" if side == 0 else "texts"

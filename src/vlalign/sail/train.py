@@ -25,6 +25,7 @@ from vlalign.sail.artifact import AlignmentHeads, BackboneRecord, HeadsConfig
 from vlalign.sail.config import HeadConfig, SailConfig
 from vlalign.sail.heads import create_head, xavier_init_
 from vlalign.sail.losses import create_loss
+from vlalign.store.layout import transform_difference
 from vlalign.store.reader import FeatureStore
 from vlalign.store.stream import Batch, BatchStream, ResidentRows, StoreMix
 from vlalign.train.loop import fit
@@ -81,10 +82,16 @@ def _check_stores(config: SailConfig, stores: list[FeatureStore], rank: int,
     error = None
     try:
         for path in config.val_stores:
-            found = FeatureStore(path).backbones
-            if found != stores[0].backbones:
-                raise StoreError(f"validation store {path} was encoded with {found}, the "
-                                 f"training store with {stores[0].backbones}; they must match")
+            val = FeatureStore(path)
+            if val.backbones != stores[0].backbones:
+                raise StoreError(f"validation store {path} was encoded with {val.backbones}, "
+                                 f"the training store with {stores[0].backbones}; they must "
+                                 "match")
+            difference = transform_difference(val.transform, stores[0].transform,
+                                              ("validation", "training"))
+            if difference:
+                raise StoreError(f"validation store {path} holds features of another image "
+                                 f"transform than the training store ({difference})")
         if config.verify_stores:
             for store in stores:
                 store.verify(rank, world_size)

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from vlalign.backbones.base import Preprocess, image_to_tensor
+from vlalign.backbones.base import Preprocess, VisionEncoder, image_to_tensor
 from vlalign.data.base import BadItem, Source
 from vlalign.errors import DataError, StoreError
+from vlalign.store.layout import transform_difference
 from vlalign.store.reader import FeatureStore
 from vlalign.train.sampler import StepOrder
 
@@ -137,10 +138,12 @@ class StepBatches(Sampler[list[tuple[int, int]]]):
         return max(0, self.stop - self.start)
 
 
-def open_stores(paths: Sequence[str], sources: Sequence[Source], vision_identity: str,
+def open_stores(paths: Sequence[str], sources: Sequence[Source], vision: VisionEncoder,
                 grid: tuple[int, int]) -> list[FeatureStore]:
     """The stores of ``sources`` (same order), checked: encoded from exactly that source, by the
-    teacher's vision backbone, with token maps on the teacher's grid."""
+    teacher's vision backbone with its current image transform, with token maps on the
+    teacher's grid."""
+    vision_identity = vision.identity
     stores = []
     for path, source in zip(paths, sources):
         store = FeatureStore(path)
@@ -150,6 +153,10 @@ def open_stores(paths: Sequence[str], sources: Sequence[Source], vision_identity
         if store.backbones[0] != vision_identity:
             raise StoreError(f"{path} was encoded with {store.backbones[0]}, the teacher's "
                              f"vision backbone is {vision_identity}; re-encode with it")
+        difference = transform_difference(store.transform, vision.preprocess.to_dict())
+        if difference:
+            raise StoreError(f"{path} holds features made with another image transform "
+                             f"({difference}); re-encode it")
         if not store.has_tokens:
             raise StoreError(f"{path} has no token maps; re-encode with --tokens")
         if store.grid != tuple(grid):

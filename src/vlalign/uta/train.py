@@ -121,7 +121,7 @@ class UtaTask(Task):
         self.teacher_grid = self.teacher.encode_image_tokens(torch.zeros(1, 3, side, side)).grid
         stores, targets = None, None
         if config.targets == "store":
-            stores = open_stores(config.stores, sources, stored_backbone(self.teacher).identity,
+            stores = open_stores(config.stores, sources, stored_backbone(self.teacher),
                                  self.teacher_grid)
             stored = StoredTargets(self.teacher, self.teacher_grid)
             paths = on_rank_zero(lambda: [cache_targets(stored, store, progress)
