@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from vlalign.cli import main
 
@@ -51,6 +52,24 @@ def test_bad_option_is_argparse_exit_2():
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--model", "m", "--workers", "-1"],
+    ["encode", "--vision", "v", "--text", "t", "--data", "d", "--out", "o", "--workers", "two"],
+])
+def test_a_bad_worker_count_is_argparse_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "expected a whole number >= 0" in err[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--device cuda is valid with CUDA")
+def test_eval_on_a_missing_gpu_is_one_line_exit_2(capsys):
+    code = main(["eval", "--model", "m", "--device", "cuda", "--task", "knn", "--dataset",
+                 "digits:test"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "vlalign: error: device cuda requested but CUDA is not available"
 
 def test_encode_info_train_classify_end_to_end(tmp_path, capsys):
     store, run = tmp_path / "store", tmp_path / "run"

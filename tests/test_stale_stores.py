@@ -13,6 +13,7 @@ import harness
 from vlalign.backbones import create_vision_encoder
 from vlalign.data import create_source
 from vlalign.errors import StoreError
+from vlalign.models import load_model
 from vlalign.probe.run import StoreFinder
 from vlalign.sail.train import train_sail
 from vlalign.store.layout import MANIFEST
@@ -67,3 +68,20 @@ def test_the_probe_does_not_reuse_an_old_store(stores, tmp_path: Path) -> None:
     finder.known.append(FeatureStore(current))
     assert finder._find(fingerprint, 0, vision.identity, transform).path == FeatureStore(
         current).path
+
+
+def test_heads_of_an_older_transform_load_with_a_warning(stores, tmp_path: Path,
+                                                         caplog) -> None:
+    """Heads trained on features of another image transform still load (they work, less well),
+    and say so in one warning line."""
+    current, _ = stores
+    run = tmp_path / "run"
+    train_sail(harness.train_config(current, epochs=1), run, progress=False)
+    load_model(run)
+    assert "another image transform" not in caplog.text
+    config = read_json(run / "heads.json")
+    pre = config["vision"]["preprocess"]
+    config["vision"]["preprocess"] = {k: pre[k] for k in ("size", "mean", "std")}
+    atomic_write_json(run / "heads.json", config)
+    load_model(run)
+    assert "trained on features of another image transform" in caplog.text

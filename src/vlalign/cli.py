@@ -144,6 +144,17 @@ def _export_sail(args: argparse.Namespace) -> None:
     print(f"official SAIL checkpoint written to {out} ({len(official_keys())} tensors)")
 
 
+def _count(value: str) -> int:
+    """argparse type: a whole number >= 0 (worker counts)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}")
+    return number
+
+
 def _model_arg(value: str) -> tuple[str, str]:
     """``NAME=PATH`` or ``PATH`` -> (name, path); the name defaults to the folder's name."""
     name, equals, path = value.partition("=")
@@ -302,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--shard-size", type=int, default=4096, help="items per shard (default 4096)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_count, default=None,
                    help="decoding processes (default: by device; here "
                    f"{default_workers('cpu')} on the CPU, {default_workers('cuda')} beside a GPU)")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
@@ -428,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
     p.add_argument("--device", default="auto",
                    help="where models run: auto (a GPU if there is one), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=_count, default=None, metavar="N",
                    help="image-decoding worker processes (default: by device; here "
                    f"{default_workers('cpu')} on the CPU, {default_workers('cuda')} beside a "
                    "GPU; 0 decodes in the main process)")

@@ -393,15 +393,19 @@ class HFVisionEncoder:
     def encode(self, pixels: torch.Tensor, tokens: bool = False) -> VisionOutput:
         """Pooled vectors (and the patch-token map) for a preprocessed batch."""
         with torch.inference_mode():
-            x = pixels.to(self.device, torch.float32)
-            kwargs = {}
-            if self.accepts_interpolate and self.native_size not in (None, x.shape[-1]):
-                kwargs["interpolate_pos_encoding"] = True
-            out = self.model(pixel_values=x, **kwargs)
-            result = self._pool(out, x.shape[-2:])
+            result = self.forward_features(pixels)
             if not tokens:
                 result.tokens = result.grid = None
         return released(result)
+
+    def forward_features(self, pixels: torch.Tensor) -> VisionOutput:
+        """The pooled vectors and token map of ``encode``, with autograd as the caller sets it
+        (for tuning the backbone, e.g. in ``SAILVisionTower``); inputs in the model's dtype."""
+        x = pixels.to(self.device, next(self.model.parameters()).dtype)
+        kwargs = {}
+        if self.accepts_interpolate and self.native_size not in (None, x.shape[-1]):
+            kwargs["interpolate_pos_encoding"] = True
+        return self._pool(self.model(pixel_values=x, **kwargs), x.shape[-2:])
 
     def _pool(self, out: Any, hw: torch.Size) -> VisionOutput:
         hidden = out.last_hidden_state.float()

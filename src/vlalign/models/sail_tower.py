@@ -42,7 +42,6 @@ class TowerImageProcessor:
         self.recipe = recipe
         self.image_mean, self.image_std = list(recipe.mean), list(recipe.std)
         self.crop_size = {"height": recipe.size, "width": recipe.size}
-        self.size = {"shortest_edge": recipe.size}
 
     def preprocess(self, images: Image.Image | Sequence[Image.Image],
                    return_tensors: str | None = "pt") -> dict[str, torch.Tensor]:
@@ -153,10 +152,4 @@ class SAILVisionTower(nn.Module):
         """The backbone's output: frozen (no graph, float32) unless ``tune_backbone``."""
         if not self.tune_backbone:
             return self.vision.encode(pixels, tokens=True)
-        # HFVisionEncoder.encode's computation, with gradients (it runs in inference mode)
-        vision = self.vision
-        x = pixels.to(vision.device, next(self.backbone.parameters()).dtype)
-        kwargs = {}
-        if vision.accepts_interpolate and vision.native_size not in (None, x.shape[-1]):
-            kwargs["interpolate_pos_encoding"] = True
-        return vision._pool(self.backbone(pixel_values=x, **kwargs), x.shape[-2:])
+        return self.vision.forward_features(pixels)  # the same computation, with gradients

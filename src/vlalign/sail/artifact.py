@@ -8,6 +8,7 @@ training the loss's ``loss.*`` scale and bias). The backbones are named by spec,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,8 +22,11 @@ from vlalign.backbones import create_text_encoder, create_vision_encoder
 from vlalign.backbones.base import TextEncoder, VisionEncoder, VisionOutput
 from vlalign.errors import UserError
 from vlalign.sail.heads import create_head
+from vlalign.store.layout import transform_difference
 from vlalign.utils.checkpoint import load_tensors, save_tensors
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 CONFIG = "heads.json"
 WEIGHTS = "heads.safetensors"
@@ -173,6 +177,11 @@ def load_vision_backbone(config: HeadsConfig, device: str = "cpu",
         raise UserError(f"{where}: vision backbone {config.vision.spec} now has identity "
                         f"{vision.identity}, but the heads were trained on "
                         f"{config.vision.identity}")
+    difference = config.vision.preprocess and transform_difference(
+        config.vision.preprocess, vision.preprocess.to_dict(), ("trained", "current"))
+    if difference:  # still usable, but its features are not the ones the heads learned from
+        log.warning("%s: the heads were trained on features of another image transform (%s); "
+                    "retrain them for the best numbers", where or config.vision.spec, difference)
     return vision
 
 

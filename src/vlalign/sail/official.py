@@ -83,8 +83,8 @@ def _names(keys: list[str], limit: int = 6) -> str:
 def _layout_hint(keys: set[str]) -> str:
     """Why a recognisable but unsupported official layout cannot be imported."""
     if "vision_mapping_network.weight" in keys:
-        return ("; this is the official linear (alignment-probing) layout: LayerNorm + Linear, "
-                "which vlalign's linear head (no LayerNorm) cannot hold")
+        return ("; this is the official linear (alignment-probing) layout, LayerNorm + "
+                "Linear: import-sail reads the released 'star' layout only")
     if any(k.startswith("vision_mapping_network.proj.") for k in keys):
         return "; this is the official 'mlp' (SiglipMLP) layout, not the released 'star' one"
     if any(k.startswith("text_mapping_network.layers.") for k in keys):
