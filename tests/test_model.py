@@ -97,8 +97,8 @@ def test_vlalign_load_model_opens_sail_and_uta_models(tmp_path):
 
     teacher = create_teacher(f"sail:{sail_dir}")
     torch.manual_seed(0)
-    student = create_student("tiny", 16, img_size=64, patch_size=32, dim=32, depth=1,
-                             heads=2).eval()
+    student = create_student("eva02_tiny_patch14_224", 16, img_size=64, patch_size=32, dim=32,
+                             depth=1, heads=2).eval()
     info = {"objective": "uta", "step": 7}
     save_student(tmp_path / "uta", student, teacher, f"sail:{sail_dir}", info)
     saved = json.loads((tmp_path / "uta" / "uta.json").read_text())

@@ -7,6 +7,7 @@ from vlalign.uta.loss import cosine_distance, distill_loss, mim_loss, uta_loss
 from vlalign.uta.masking import gather_tokens, keep_to_mask, sample_keep
 from vlalign.uta.student import create_student
 
+STUDENT = "eva02_tiny_patch14_224"  # timm EVA-02-Ti, shrunk by the overrides
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -64,7 +65,7 @@ def test_gradients_reach_the_student_not_the_teacher() -> None:
 
 def test_a_few_uta_steps_reduce_the_loss() -> None:
     torch.manual_seed(0)
-    model = create_student("tiny", 8, img_size=32, patch_size=8, dim=32, depth=2, heads=2)
+    model = create_student(STUDENT, 8, img_size=32, patch_size=8, dim=32, depth=2, heads=2)
     tokens, pooled = _teacher(4)
     pixels = torch.randn(4, 3, 32, 32)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -1,31 +1,25 @@
-"""UTA student: kept-token forward, independence from dropped patches, 2-D RoPE, MIM path."""
+"""UTA student: timm's EVA-02 with vlalign's kept-token forward; independence from dropped
+patches, positions travelling with tokens, MIM path, equality with timm's own forwards."""
 
 import pytest
 import torch
+from timm.models.eva import Eva
 
 from vlalign.uta.masking import keep_to_mask, sample_keep
-from vlalign.uta.student import (
-    SIZES,
-    StudentConfig,
-    UTAStudent,
-    apply_rope,
-    create_student,
-    patchify,
-    rope_cos_sin,
-    student_config,
-)
+from vlalign.uta.student import StudentConfig, UTAStudent, create_student, student_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+NAME = "eva02_tiny_patch14_224"
 TINY = {"img_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "heads": 2}  # 4 x 4 grid
 
 
-def _student(**overrides) -> UTAStudent:
+def _student(name: str = NAME, **overrides) -> UTAStudent:
     torch.manual_seed(0)
-    return create_student("tiny", 16, **{**TINY, **overrides}).eval()
+    return create_student(name, 16, **{**TINY, **overrides}).eval()
 
 
-def _pixels(n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+def _pixels(n: int = 2, seed: int = 0, side: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
 def _pixel_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -33,18 +27,79 @@ def _pixel_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, 4, 1, 4, 1).expand(-1, 4, 8, 4, 8).reshape(-1, 1, 32, 32).float()
 
 
-def test_sizes_and_overrides() -> None:
-    assert SIZES["tiny"] == {"dim": 192, "depth": 12, "heads": 3}
-    assert (SIZES["small"]["dim"], SIZES["base"]["heads"], SIZES["large"]["depth"]) == (384, 12, 24)
-    cfg = student_config("large", 768, patch_size=14)
-    assert (cfg.dim, cfg.depth, cfg.heads, cfg.patch_size, cfg.grid) == (1024, 24, 16, 14, (16, 16))
-    assert StudentConfig(**cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown student size"):
-        student_config("huge", 16)
-    with pytest.raises(ValueError, match="multiple of patch_size"):
-        student_config("tiny", 16, img_size=30, patch_size=8)
-    with pytest.raises(ValueError, match="divisible by 4"):
-        student_config("tiny", 16, dim=40, heads=4)
+def _patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    b, c, h, w = pixels.shape
+    x = pixels.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), -1)
+
+
+def test_every_timm_eva02_is_available_and_resolved() -> None:
+    names = student_names()
+    assert {"eva02_tiny_patch14_224", "eva02_base_patch16_clip_224",
+            "eva02_large_patch14_clip_336", "eva_giant_patch14_clip_224"} <= set(names)
+    model = create_student("eva02_base_patch16_clip_224", 8, img_size=32, dim=32, heads=2,
+                           depth=1)
+    assert isinstance(model.trunk, Eva)
+    cfg = model.config  # zeros resolved to what timm built
+    assert (cfg.img_size, cfg.patch_size, cfg.dim, cfg.depth, cfg.heads, cfg.grid) == (
+        32, 16, 32, 1, 2, (2, 2))
+    assert UTAStudent(StudentConfig(**cfg.to_dict())).config == cfg
+    # the CLIP variant keeps EVA-02-CLIP's details: sub-LN in SwiGLU, separate q/k/v, no k bias
+    attn, mlp = model.trunk.blocks[0].attn, model.trunk.blocks[0].mlp
+    assert attn.q_proj.bias is not None and attn.k_proj.bias is None
+    assert isinstance(mlp.norm, torch.nn.LayerNorm) and mlp.norm.eps == 1e-6
+    with pytest.raises(ValueError, match="unknown student 'vit_huge'"):
+        create_student("vit_huge", 16)
+    with pytest.raises(ValueError, match="student eva02_tiny_patch14_224 with"):
+        create_student(NAME, 16, img_size=32, patch_size=8, dim=30, heads=4, depth=1)
+
+
+@pytest.mark.parametrize("name", [NAME, "eva02_base_patch16_clip_224"])
+def test_all_patches_kept_equals_timm_forward_features(name: str) -> None:
+    model = _student(name)
+    x = _pixels()
+    timm_tokens = model.trunk.forward_features(x)
+    assert torch.equal(model.forward_tokens(x), timm_tokens)
+    every = torch.arange(16).expand(2, 16)
+    torch.testing.assert_close(model.forward_tokens(x, every), timm_tokens)
+
+
+def test_kept_tokens_equal_timms_patch_dropout_path() -> None:
+    """timm's own patch-dropout branch (gather tokens, gather RoPE at the kept indices) with the
+    same indices gives the kept-token forward's hidden states."""
+    model = _student()
+    keep = sample_keep(2, (4, 4), 0.5, "random", generator=3).sort(dim=1).values
+
+    class FixedDrop(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            patches = x[:, 1:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+            return torch.cat([x[:, :1], patches], dim=1), keep
+
+    model.trunk.patch_drop = FixedDrop()
+    x = _pixels()
+    torch.testing.assert_close(model.forward_tokens(x, keep), model.trunk.forward_features(x))
+
+
+def test_resolution_change_drop_path_and_checkpointing() -> None:
+    model = _student()
+    model.set_input_size(48)
+    assert model.config.grid == (6, 6) and model.forward_tokens(_pixels(side=48)).shape == (
+        2, 37, 32)
+    torch.testing.assert_close(model.forward_tokens(_pixels(side=48)),
+                               model.trunk.forward_features(_pixels(side=48)))
+    model.set_drop_path(0.2)
+    rates = [block.drop_path2.drop_prob if hasattr(block.drop_path2, "drop_prob") else 0.0
+             for block in model.trunk.blocks]
+    assert rates == [0.0, 0.2] and model.config.drop_path == 0.2
+    model.eval()  # drop path is off in eval: the output is unchanged
+    torch.testing.assert_close(model.forward_tokens(_pixels(side=48)),
+                               model.trunk.forward_features(_pixels(side=48)))
+    plain, checkpointed = _student().train(), _student().train()
+    checkpointed.set_grad_checkpointing()
+    keep = sample_keep(2, (4, 4), 0.5, "random", generator=0)
+    for net in (plain, checkpointed):
+        net(_pixels(), keep).cls.sum().backward()
+    torch.testing.assert_close(checkpointed.head.weight.grad, plain.head.weight.grad)
 
 
 def test_all_kept_equals_no_keep_and_shapes() -> None:
@@ -71,7 +126,7 @@ def test_dropped_patches_do_not_matter_kept_ones_do() -> None:
     x = _pixels()
     keep = sample_keep(2, (4, 4), 0.5, "block", generator=1)
     dropped = _pixel_mask(keep_to_mask(keep, 16))
-    kept_patches = patchify(x * (1 - dropped), 8).abs().sum(-1) > 0
+    kept_patches = _patchify(x * (1 - dropped), 8).abs().sum(-1) > 0
     assert torch.equal(kept_patches, ~keep_to_mask(keep, 16))  # the mask covers dropped patches
     noisy = x + 5 * dropped * torch.randn_like(x)
     a, b = model(x, keep), model(noisy, keep)
@@ -95,23 +150,6 @@ def test_positions_travel_with_tokens() -> None:
     assert not torch.allclose(other.tokens, a.tokens)
 
 
-def test_rope_scores_depend_on_relative_grid_offsets_only() -> None:
-    gen = torch.Generator().manual_seed(0)
-    q, k = torch.randn(1, 1, 2, 16, generator=gen), torch.randn(1, 1, 2, 16, generator=gen)
-
-    def score(p: int, r: int) -> torch.Tensor:
-        cos, sin = rope_cos_sin(torch.tensor([[p, r]]), cols=6, head_dim=16, theta=100.0)
-        # slot 0 of cos/sin is CLS; tokens 1, 2 sit at grid cells p and r of a 6-wide grid
-        qr, kr = apply_rope(q, cos[:, 1:], sin[:, 1:]), apply_rope(k, cos[:, 1:], sin[:, 1:])
-        return qr[0, 0, 0] @ kr[0, 0, 1]
-
-    torch.testing.assert_close(score(0, 7), score(8, 15))  # both: one row down, one col right
-    torch.testing.assert_close(score(2, 14), score(9, 21))  # two rows down
-    assert not torch.allclose(score(0, 7), score(0, 8))
-    cos, sin = rope_cos_sin(torch.tensor([[3]]), cols=6, head_dim=16, theta=100.0)
-    assert torch.equal(cos[:, 0], torch.ones(1, 16)) and torch.equal(sin[:, 0], torch.zeros(1, 16))
-
-
 def test_gradients_reach_every_parameter() -> None:
     model = _student().train()
     keep = sample_keep(2, (4, 4), 0.5, "reversed_block", generator=0)
@@ -120,7 +158,7 @@ def test_gradients_reach_every_parameter() -> None:
     assert model.mask_token is None
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing, missing
-    assert model.no_weight_decay() == {"cls_token", "pos_embed"}
+    assert model.no_weight_decay() == {"trunk.cls_token", "trunk.pos_embed"}
 
 
 def test_forward_masked_for_the_mim_baseline() -> None:

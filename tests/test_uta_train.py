@@ -247,3 +247,23 @@ def test_a_missing_tracker_package_fails_before_the_teacher_loads(
         train_uta(tiny_config(teacher_dir, report_to=["wandb"]), tmp_path / "run",
                   progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_uta_configs_load_and_the_paper_recipe_is_eva02_b() -> None:
+    """configs/uta-*.yaml are valid; the paper recipe carries EVA-02-B pre-training's values
+    (see the YAML's notes) and a teacher in the released checkpoints' 1024-d space."""
+    from vlalign.config import load_config
+
+    check_config(load_config(UtaConfig, "configs/uta-offline.yaml"))
+    paper = load_config(UtaConfig, "configs/uta-paper.yaml")
+    check_config(paper)
+    assert paper.teacher == "open_clip:EVA01-g-14/laion400m_s11b_b41k"
+    assert (paper.student.name, paper.student.img_size, paper.student.patch_size) == (
+        "eva02_base_patch14_224", 224, 16)
+    optim = paper.optim
+    assert (optim.lr, optim.beta2, optim.eps, optim.weight_decay, optim.grad_clip) == (
+        1.5e-3, 0.98, 1e-6, 0.05, 3.0)
+    assert (paper.batch_size, paper.epochs, paper.crop_scale) == (2048, 150, [0.2, 1.0])
+    bad = load_config(UtaConfig, "configs/uta-offline.yaml", ["crop_scale=[0.0, 1.0]"])
+    with pytest.raises(UserError, match="config crop_scale"):
+        check_config(bad)

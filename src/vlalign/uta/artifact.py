@@ -55,6 +55,9 @@ def load_student(path: str | Path) -> tuple[UTAStudent, Preprocess, dict[str, An
         raise UserError(f"{path} is not a UTA model: expected {CONFIG} and {WEIGHTS} (a "
                         "finished `vlalign train uta` run or a `save_pretrained` folder)")
     config = read_json(path / CONFIG)
+    if "name" not in config["student"]:
+        raise UserError(f"{path} holds a student of an older vlalign (its own ViT, before the "
+                        "timm EVA-02 student); retrain it with `vlalign train uta`")
     student = UTAStudent(StudentConfig(**config["student"]))
     student.load_state_dict(load_tensors(path / WEIGHTS))
     preprocess = Preprocess.from_dict(config["preprocess"])

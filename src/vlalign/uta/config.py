@@ -12,7 +12,7 @@ from vlalign.config import setting, validate
 from vlalign.errors import UserError
 from vlalign.train.config import OptimConfig, TrainSettings
 from vlalign.uta.masking import STRATEGIES
-from vlalign.uta.student import SIZES
+from vlalign.uta.student import student_names
 
 OBJECTIVES = ("uta", "mim", "distill")  # kept tokens | EVA-02-style mask tokens | no masking
 TARGETS = ("online", "store")
@@ -20,16 +20,19 @@ TARGETS = ("online", "store")
 
 @dataclass
 class StudentSpec:
-    """A named student size; a 0 field takes the size's value (dim, depth, heads) or follows the
-    teacher (img_size = the teacher's input size; patch_size = img_size / the teacher's grid
-    side, so both grids match, else 16 and the teacher's tokens are resampled)."""
+    """A timm EVA-02 model by name; a 0 field takes the model's value (dim, depth, heads) or
+    follows the teacher (img_size = the teacher's input size; patch_size = img_size / the
+    teacher's grid side, so both grids match, else the model's own and the teacher's tokens are
+    resampled)."""
 
-    size: str = setting("tiny", choices=tuple(SIZES))
+    name: str = setting("eva02_tiny_patch14_224", choices=tuple(student_names()))
     img_size: int = 0
     patch_size: int = 0
     dim: int = 0
     depth: int = 0
     heads: int = 0
+    drop_path: float = setting(0.0, minimum=0.0)  # stochastic depth rate at the last block
+    grad_checkpointing: bool = False  # recompute blocks in the backward: less memory, ~30% slower
 
 
 @dataclass
@@ -60,6 +63,7 @@ class UtaConfig(TrainSettings):
     targets: str = setting("online", choices=TARGETS)  # online: teacher per batch | store
     stores: list[str] = field(default_factory=list)  # one per data spec, encoded with --tokens
     augment: bool = False  # random resized crop + flip (online targets only)
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # crop's area fraction
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         name="adamw", lr=1e-3, weight_decay=0.05, beta1=0.9, beta2=0.98, warmup_fraction=0.1,
         min_lr_fraction=0.01, grad_clip=3.0))
@@ -74,6 +78,10 @@ def check_config(config: UtaConfig) -> None:
     validate(config)
     if not config.mask.ratio < 1.0:
         raise UserError(f"config mask.ratio: {config.mask.ratio} is not in [0, 1)")
+    low, high = (config.crop_scale + [0.0, 0.0])[:2]
+    if len(config.crop_scale) != 2 or not 0 < low <= high <= 1:
+        raise UserError(f"config crop_scale: {config.crop_scale} is not [low, high] with "
+                        "0 < low <= high <= 1")
     if not config.data:
         raise UserError("config data: no training data; list dataset specs, e.g. emoji:train")
     if config.targets == "store":

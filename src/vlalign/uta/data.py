@@ -26,15 +26,15 @@ from vlalign.store.layout import transform_difference
 from vlalign.store.reader import FeatureStore
 from vlalign.train.sampler import StepOrder
 
-CROP_SCALE = (0.5, 1.0)  # random resized crop: area fraction
-CROP_RATIO = (3 / 4, 4 / 3)  # and aspect ratio (log-uniform)
+CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio (log-uniform)
 
 
-def augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A random resized crop (area 50-100%, aspect 3:4-4:3) and a horizontal flip half the time;
-    the resize to the model's size happens in preprocessing."""
+def augment(image: Image.Image, rng: np.random.Generator,
+            scale: tuple[float, float] = (0.5, 1.0)) -> Image.Image:
+    """A random resized crop (area fraction in ``scale``, aspect 3:4-4:3) and a horizontal flip
+    half the time; the resize to the model's size happens in preprocessing."""
     width, height = image.size
-    area = width * height * rng.uniform(*CROP_SCALE)
+    area = width * height * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(*np.log(CROP_RATIO)))
     w = min(width, max(1, round(math.sqrt(area * aspect))))
     h = min(height, max(1, round(math.sqrt(area / aspect))))
@@ -48,9 +48,11 @@ class ImageRows(Dataset):
 
     def __init__(self, sources: Sequence[Source], preprocess: Preprocess,
                  stores: Sequence[FeatureStore] | None = None, augment_seed: int | None = None,
-                 targets: Sequence[np.ndarray] | None = None):
+                 targets: Sequence[np.ndarray] | None = None,
+                 crop_scale: tuple[float, float] = (0.5, 1.0)):
         self.sources, self.preprocess, self.stores = list(sources), preprocess, stores
         self.augment_seed = augment_seed  # None: no augmentation
+        self.crop_scale = tuple(crop_scale)
         self.targets = targets  # per store: rows x (1 + N) x D, aligned with its rows
         if stores is None:
             self.items = [np.arange(len(s)) for s in self.sources]
@@ -71,7 +73,8 @@ class ImageRows(Dataset):
             image = example.image
             if self.augment_seed is not None:
                 image = augment(image.convert("RGB"),
-                                np.random.default_rng([self.augment_seed, step, row]))
+                                np.random.default_rng([self.augment_seed, step, row]),
+                                self.crop_scale)
             item = {"pixels": image_to_tensor(image, self.preprocess),
                     "label": -1 if example.label is None else int(example.label)}
         except BadItem as bad:

@@ -11,6 +11,7 @@ rank trains on its slice of each global batch (masks are drawn for the global ba
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -27,6 +28,7 @@ from vlalign.config import to_dict
 from vlalign.data import create_source
 from vlalign.errors import UserError
 from vlalign.train.loop import fit
+from vlalign.train.precision import autocast_dtype, resolve_precision
 from vlalign.train.run import RunDir
 from vlalign.train.task import StepOutput, Task
 from vlalign.train.trackers import check_trackers
@@ -35,9 +37,9 @@ from vlalign.uta.config import StudentSpec, UtaConfig, check_config
 from vlalign.uta.data import ImageRows, MaskingCollate, StepBatches, collate, open_stores
 from vlalign.uta.loss import distill_loss, mim_loss, uta_loss
 from vlalign.uta.masking import keep_for_positions, keep_to_mask
-from vlalign.uta.student import StudentConfig, UTAStudent, student_config
+from vlalign.uta.student import StudentConfig, UTAStudent
 from vlalign.uta.targets import StoredTargets, cache_targets, stored_backbone, unpack_targets
-from vlalign.uta.teachers import Teacher, TeacherOutput, create_teacher
+from vlalign.uta.teachers import Teacher, TeacherOutput, create_teacher, match_teacher_grid
 from vlalign.utils.distributed import init_from_env, on_rank_zero, resolve_device
 
 Evaluator = Callable[[UTAStudent, Teacher, int], dict[str, float]]
@@ -86,15 +88,21 @@ def build_student_config(spec: StudentSpec, teacher: Teacher, grid: tuple[int, i
     and divides it) a patch size that puts the student on the teacher's grid."""
     img_size = spec.img_size or teacher.preprocess.size
     patch = spec.patch_size
-    if not patch:
-        patch = img_size // grid[0] if grid[0] == grid[1] and img_size % grid[0] == 0 else 16
-    shape = {k: v for k, v in (("dim", spec.dim), ("depth", spec.depth), ("heads", spec.heads))
-             if v}
+    if not patch and grid[0] == grid[1] and img_size % grid[0] == 0:
+        patch = img_size // grid[0]
+    return StudentConfig(name=spec.name, out_dim=teacher.dim, img_size=img_size,
+                         patch_size=patch, dim=spec.dim, depth=spec.depth, heads=spec.heads,
+                         drop_path=spec.drop_path, mask_token=mask_token)
+
+
+def build_student(config: StudentConfig, spec: StudentSpec) -> UTAStudent:
+    """The student of ``config``; a config timm cannot build is a one-line config error."""
     try:
-        return student_config(spec.size, teacher.dim, img_size=img_size, patch_size=patch,
-                              mask_token=mask_token, **shape)
+        student = UTAStudent(config)
     except ValueError as error:
         raise UserError(f"config student: {error}") from None
+    student.set_grad_checkpointing(spec.grad_checkpointing)
+    return student
 
 
 def step_keep(config: UtaConfig, grid: tuple[int, int], step: int,
@@ -119,7 +127,14 @@ class UtaTask(Task):
         self.teacher = create_teacher(config.teacher, device=str(self.device))
         side = self.teacher.preprocess.size
         self.teacher_grid = self.teacher.encode_image_tokens(torch.zeros(1, 3, side, side)).grid
+        torch.manual_seed(config.seed)
+        self.student = build_student(
+            build_student_config(config.student, self.teacher, self.teacher_grid,
+                                 mask_token=config.objective == "mim"),
+            config.student).to(self.device)
+        self.student_config = self.student.config
         stores, targets = None, None
+        pixels = self.teacher.preprocess  # online: the teacher's input (the student's resized)
         if config.targets == "store":
             stores = open_stores(config.stores, sources, stored_backbone(self.teacher),
                                  self.teacher_grid)
@@ -127,16 +142,17 @@ class UtaTask(Task):
             paths = on_rank_zero(lambda: [cache_targets(stored, store, progress)
                                           for store in stores])
             targets = [np.load(path, mmap_mode="r") for path in paths]
+            pixels = pixels.with_size(self.student_config.img_size)  # only the student's input
+        elif self.teacher_grid != self.student_config.grid:
+            self.teacher_grid = match_teacher_grid(self.teacher, self.student_config.grid)
         augment_seed = config.seed if config.augment else None
-        self.data = ImageRows(sources, self.teacher.preprocess, stores, augment_seed, targets)
+        self.data = ImageRows(sources, pixels, stores, augment_seed, targets, config.crop_scale)
         self.stream = StepBatches(len(self.data), config.batch_size, config.seed, rank,
                                   world_size)
         self.steps_per_epoch, self.samples_per_step = self.stream.steps_per_epoch, config.batch_size
-        torch.manual_seed(config.seed)
-        self.student_config = build_student_config(config.student, self.teacher,
-                                                   self.teacher_grid,
-                                                   mask_token=config.objective == "mim")
-        self.student = UTAStudent(self.student_config).to(self.device)
+        dtype = autocast_dtype(resolve_precision(config.precision, self.device), self.device)
+        self.teacher_autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype
+                                 else contextlib.nullcontext())
         self.module = Distiller(self.student, config.objective, config.cls_weight, world_size)
 
     def batches(self, start: int, stop: int) -> Iterator[StudentBatch]:
@@ -153,8 +169,9 @@ class UtaTask(Task):
             pixels = batch["pixels"].to(self.device, non_blocking=True)
             if "targets" in batch:
                 targets = unpack_targets(batch["targets"].to(self.device), self.teacher_grid)
-            else:
-                targets = self.teacher.encode_image_tokens(pixels)
+            else:  # under the run's autocast, as EVA-02 runs its teacher
+                with self.teacher_autocast:
+                    targets = self.teacher.encode_image_tokens(self._teacher_pixels(pixels))
             targets = targets.to_grid(grid)
             teacher_s = time.perf_counter() - began
             if self.student_config.img_size != pixels.shape[-1]:
@@ -162,6 +179,15 @@ class UtaTask(Task):
                                        mode="bilinear", antialias=True, align_corners=False)
             keep = batch["keep"].to(self.device) if "keep" in batch else None
             yield StudentBatch(pixels, keep, targets, batch["bad"], teacher_s)
+
+    def _teacher_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The batch at the teacher's input size (another one when the teacher runs on the
+        student's grid)."""
+        side = self.teacher.preprocess.size
+        if pixels.shape[-1] == side:
+            return pixels
+        return F.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True,
+                             align_corners=False)
 
     def identity(self) -> dict[str, Any]:
         return {"student": self.student_config.to_dict(), "teacher": self.teacher.identity,
