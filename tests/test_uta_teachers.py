@@ -13,8 +13,15 @@ from vlalign.errors import UserError
 from vlalign.uta.loss import uta_loss
 from vlalign.uta.masking import sample_keep
 from vlalign.uta.student import create_student
-from vlalign.uta.teachers import Teacher, TeacherOutput, create_teacher, resample_tokens
+from vlalign.uta.teachers import (
+    Teacher,
+    TeacherOutput,
+    create_teacher,
+    match_teacher_grid,
+    resample_tokens,
+)
 
+STUDENT = "eva02_tiny_patch14_224"  # timm EVA-02-Ti, shrunk by the overrides
 pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT_CFG = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 OPEN_CLIP = {
@@ -108,6 +115,19 @@ def test_open_clip_eva_tower_teacher(open_clip_dirs: dict[str, Path]) -> None:
         torch.testing.assert_close(out.pooled, project(features[:, 0]))  # CLS: the same map
 
 
+def test_eva_teacher_runs_on_the_students_grid(open_clip_dirs: dict[str, Path]) -> None:
+    """A B/16 student at 224 px has a 14 x 14 grid; the /14 EVA tower then runs at 196 px
+    (positions and RoPE resampled by timm) instead of its 16 x 16 tokens being resampled."""
+    teacher = create_teacher(f"open_clip:{open_clip_dirs['eva']}")
+    assert match_teacher_grid(teacher, (14, 14)) == (14, 14)
+    assert teacher.preprocess.size == 196
+    out = teacher.encode_image_tokens(_pixels(196, n=1))
+    assert out.grid == (14, 14) and out.tokens.shape == (1, 196, 16)
+    vit = create_teacher(f"open_clip:{open_clip_dirs['vit']}")  # a ViT tower keeps its grid
+    own = vit.encode_image_tokens(_pixels(vit.preprocess.size, n=1)).grid
+    assert match_teacher_grid(vit, (3, 3)) == own != (3, 3)
+
+
 def test_attention_pooled_towers_are_refused(open_clip_dirs: dict[str, Path]) -> None:
     with pytest.raises(UserError, match="cannot be a UTA teacher"):
         create_teacher(f"open_clip:{open_clip_dirs['attn_pool']}")
@@ -164,7 +184,7 @@ def test_sail_teacher_matches_the_model_and_trains_a_student(sail_dir: Path) -> 
     torch.testing.assert_close(teacher.encode_text(["a red cat"]),
                                model.encode_text(["a red cat"], normalize=False))
     # The targets feed a UTA step on a student with a finer grid (resampled 2 x 2 -> 4 x 4).
-    student = create_student("tiny", 16, img_size=64, patch_size=16, dim=32, depth=1, heads=2)
+    student = create_student(STUDENT, 16, img_size=64, patch_size=16, dim=32, depth=1, heads=2)
     targets = out.to_grid(student.config.grid)
     keep = sample_keep(2, student.config.grid, 0.5, "block", generator=0)
     pred = student(x, keep)

@@ -3,7 +3,9 @@ text embeddings, all in one joint image-text space (DESIGN 1.3, 1.4).
 
 Adapters: an open_clip model (``open_clip:<arch>/<tag|file>``, ``open_clip:<folder>``; ViT towers
 and timm towers such as EVA-CLIP), a transformers CLIPModel (``hf:<folder-or-repo>``) and a
-vlalign SAIL model (``sail:<run dir or saved model>``). Every adapter takes pixels already
+vlalign SAIL model (``sail:<run dir or saved model>``), and the text-only tower of an imported
+official UTA checkpoint (``uta-text:<folder>``, written by ``vlalign import-uta``; it serves a
+UTA model's zero-shot text side and cannot be distilled from). Every adapter takes pixels already
 preprocessed as its ``preprocess`` says (its library's resize and crop to ``preprocess.size``) and
 returns ordinary float32 tensors without gradient, usable directly as loss targets. Embeddings are
 not L2-normalised (the cosine losses do not need it).
@@ -15,17 +17,20 @@ A teacher's token grid is fixed by its patch size and input size and need not ma
 from __future__ import annotations
 
 import hashlib
+import logging
+from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from vlalign.backbones.base import Preprocess, TextEncoder, VisionEncoder
+from vlalign.backbones.base import BaseTextEncoder, Preprocess, TextEncoder, VisionEncoder
 from vlalign.errors import UserError
 from vlalign.sail.artifact import AlignmentHeads, load_backbones, token_head_inputs
 from vlalign.spec import Grammar, Spec
 
-TEACHER_SCHEMES = ("open_clip", "hf", "sail")
+log = logging.getLogger(__name__)
+TEACHER_SCHEMES = ("open_clip", "hf", "sail", "uta-text")
 TEACHERS = Grammar("scheme", TEACHER_SCHEMES, stage=True, options=True)
 
 
@@ -121,6 +126,17 @@ class OpenCLIPTeacher:
         raise UserError(f"{str(spec)!r}: only ViT towers without attention pooling give "
                         "per-position tokens in the joint space; this one cannot be a UTA teacher")
 
+    def set_grid(self, grid: tuple[int, int]) -> bool:
+        """Run the tower on ``grid`` (input = grid x patch pixels) when it can change its input
+        size (timm towers: ``set_input_size`` resamples positions and RoPE); False otherwise."""
+        trunk = getattr(self.model.visual, "trunk", None)
+        if trunk is None or not hasattr(trunk, "set_input_size") or grid[0] != grid[1]:
+            return False
+        side = grid[0] * self.patch[0]
+        trunk.set_input_size(img_size=(side, side))
+        self.preprocess = self.preprocess.with_size(side)
+        return True
+
     @torch.no_grad()
     def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
         """Projected patch tokens on the patch grid and the pooled image embedding."""
@@ -209,9 +225,66 @@ class SAILTeacher:
         return self.heads.encode_text_features(features, normalize=False).clone()
 
 
+class UTATextTeacher(BaseTextEncoder):
+    """The text tower of an official UTA checkpoint, imported by ``vlalign import-uta`` into a
+    folder (``text.json`` + ``text.safetensors``; see ``vlalign.uta.official``): open_clip's
+    TextTransformer with the official tokenizer (``open_clip.tokenize``). ``preprocess`` is the
+    official image transform of the checkpoint's student; ``model.logit_scale`` its CLIP's.
+    Text only: it has no image tower, so it cannot be a distillation teacher."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
+        from vlalign.uta.official import load_text_tower
+
+        self.folder = Path(folder)
+        self.model, self.preprocess, self.identity = load_text_tower(self.folder)
+        self.dim = self.model.output_dim
+        self.to(device)
+
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        return self.model(self.model.tokenize(texts).to(self.device))
+
+    def encode_image_tokens(self, pixels: torch.Tensor) -> TeacherOutput:
+        raise UserError(f"uta-text:{self.folder} is an imported UTA text tower without an image "
+                        "tower: it cannot be a distillation teacher (use an open_clip, hf or "
+                        "sail teacher)")
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """B x dim text embeddings (the official ``encode_text``)."""
+        return self.encode(list(texts))
+
+    def copy_to(self, folder: str | Path) -> None:
+        """Put this tower's two files into ``folder`` as well, so a model saved there keeps a
+        valid ``uta-text:.`` spec; nothing to do when ``folder`` is the tower's own."""
+        from vlalign.uta.official import copy_text_tower
+
+        copy_text_tower(self.folder, Path(folder))
+
+
+def resolve_teacher_spec(spec: str, folder: str | Path) -> str:
+    """``spec`` as a model folder's config records it, made usable from anywhere: a relative
+    ``uta-text:`` path (an import-uta folder names its own text tower ``uta-text:.``) is taken
+    relative to ``folder``; other specs are returned unchanged."""
+    parsed = TEACHERS.parse(spec)
+    if parsed.scheme != "uta-text" or Path(parsed.name).is_absolute():
+        return spec
+    return f"uta-text:{Path(folder) / parsed.name}"
+
+
+def match_teacher_grid(teacher: Teacher, grid: tuple[int, int]) -> tuple[int, int]:
+    """Put the teacher on the student's token grid where it can run there (EVA-02 feeds its
+    teacher the student's patch grid); returns the grid its tokens now come on (its own when it
+    cannot change, and its tokens are then resampled)."""
+    if isinstance(teacher, OpenCLIPTeacher) and teacher.set_grid(grid):
+        log.info("teacher runs at %d px: its tokens fall on the student's %d x %d grid",
+                 teacher.preprocess.size, *grid)
+        return tuple(grid)
+    side = teacher.preprocess.size
+    return teacher.encode_image_tokens(torch.zeros(1, 3, side, side)).grid
+
+
 def create_teacher(spec: str, device: str = "cpu") -> Teacher:
     """Build the teacher a spec names: ``open_clip:...``, ``hf:<CLIP folder or repo>`` or
-    ``sail:<run dir or saved model>``."""
+    ``sail:<run dir or saved model>`` or ``uta-text:<imported text tower folder>``."""
     parsed = TEACHERS.parse(spec)
     if parsed.scheme == "open_clip":
         return OpenCLIPTeacher(parsed, device)
@@ -219,4 +292,6 @@ def create_teacher(spec: str, device: str = "cpu") -> Teacher:
         raise UserError(f"spec {spec!r}: {parsed.scheme} teachers take no options or @stage")
     if parsed.scheme == "hf":
         return HFCLIPTeacher(parsed.name, device)
+    if parsed.scheme == "uta-text":
+        return UTATextTeacher(parsed.name, device)
     return SAILTeacher.load(parsed.name, device)
