@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vlalign.train.config import TrainSettings
 from vlalign.train.guards import FiniteWatch, LearningGuard, SkipCounter
-from vlalign.train.optim import create_optimizer
+from vlalign.train.optim import LR_SCALE, create_optimizer
 from vlalign.train.precision import Precision
 from vlalign.train.run import RunDir
 from vlalign.train.schedule import Schedule
@@ -95,7 +95,7 @@ def fit(task: Task, settings: TrainSettings, run: RunDir, config: dict[str, Any]
             lr = schedule.lr(step, train_s, optim.lr, optim.warmup_fraction,
                              optim.min_lr_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get(LR_SCALE, 1.0)  # layer-wise decay's scales
             with precision.autocast():
                 out = runner(batch)
             reduced = _global_values(out)

@@ -42,24 +42,37 @@ class Lion(torch.optim.Optimizer):
 OPTIMIZERS = ("lion", "adamw")
 
 
+LR_SCALE = "lr_scale"  # a parameter attribute and a param group key (timm's and EVA-02's name)
+
+
+def set_lr_scale(param: nn.Parameter, scale: float) -> None:
+    """Train ``param`` at ``scale`` times the scheduled learning rate (layer-wise lr decay):
+    ``create_optimizer`` groups parameters by it; unmarked parameters have scale 1."""
+    setattr(param, LR_SCALE, float(scale))
+
+
 def create_optimizer(name: str, named_params: Iterable[tuple[str, nn.Parameter]], lr: float,
                      weight_decay: float, betas: tuple[float, float], eps: float = 1e-8,
                      no_weight_decay: Iterable[str] = ()) -> torch.optim.Optimizer:
     """'lion' or 'adamw' over the trainable ``(name, parameter)`` pairs. No weight decay on 1-D
     parameters (norms, biases, the loss's scale and bias) nor on the names in
     ``no_weight_decay`` (CLS/mask tokens, position embeddings: a module's ``no_weight_decay()``).
-    ``eps`` is AdamW's (EVA-02 uses 1e-6)."""
+    ``eps`` is AdamW's (EVA-02 uses 1e-6). Parameters marked with ``set_lr_scale`` go into
+    groups of their scale (the engine sets each group's lr to the schedule's times its
+    ``lr_scale``); without marks the groups are the two (decay, no decay) of scale 1."""
     skip = set(no_weight_decay)
-    decay, no_decay = [], []
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for param_name, param in named_params:
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or param_name in skip else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (param.ndim < 2 or param_name in skip)
+            groups.setdefault((getattr(param, LR_SCALE, 1.0), decays), []).append(param)
+    param_groups = [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+                     "lr": lr * scale, LR_SCALE: scale}
+                    for (scale, decays), params in groups.items()]
     if name == "lion":
-        return Lion(groups, lr=lr, betas=betas)
+        return Lion(param_groups, lr=lr, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps)
     raise UserError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
