@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING, Any
 from vlalign import _compat  # noqa: F401  (must run before anything imports torchvision)
 
 if TYPE_CHECKING:
-    from vlalign.models import UTAModel, VLModel, load_model
+    from vlalign.models import (
+        UTAModel,
+        VLModel,
+        create_model_and_transforms,
+        get_tokenizer,
+        load_model,
+    )
 
 __version__ = "0.1.0"
-__all__ = ["UTAModel", "VLModel", "load_model"]
+__all__ = ["UTAModel", "VLModel", "create_model_and_transforms", "get_tokenizer", "load_model"]
 
 
 def __getattr__(name: str) -> Any:

@@ -105,6 +105,11 @@ def _device(module: nn.Module) -> torch.device:
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
+def _dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's parameters (float32 for parameter-free ones)."""
+    return next((p.dtype for p in module.parameters()), torch.float32)
+
+
 class AlignmentHeads(nn.Module):
     """The trained part of a model: one head per modality mapping backbone features to the
     joint space. Enough to evaluate on a feature store without running any backbone."""
@@ -156,15 +161,15 @@ class AlignmentHeads(nn.Module):
     @torch.inference_mode()
     def encode_image_features(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Vision head on backbone features (pooled B x D, or per token B x N x D)."""
-        device = _device(self.vision_head)
-        out = self.vision_head(features.to(device).float()).float()
+        head = self.vision_head  # features in the head's own dtype (a model cast to bf16)
+        out = head(features.to(_device(head), _dtype(head))).float()
         return F.normalize(out, dim=-1) if normalize else out
 
     @torch.inference_mode()
     def encode_text_features(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Text head on backbone text features (B x D)."""
-        device = _device(self.text_head)
-        out = self.text_head(features.to(device).float()).float()
+        head = self.text_head
+        out = head(features.to(_device(head), _dtype(head))).float()
         return F.normalize(out, dim=-1) if normalize else out
 
 
