@@ -14,7 +14,16 @@ from vlalign.data.benchmarks.base import PairItem, SegmentationItem
 from vlalign.errors import UserError
 from vlalign.eval import tasks
 from vlalign.eval.features import embed_images
-from vlalign.eval.run import Job, beside, load_records, merge, offline_suite, write_table
+from vlalign.eval.run import (
+    Job,
+    dataset_name,
+    details_file,
+    load_records,
+    make_record,
+    merge,
+    offline_suite,
+    write_table,
+)
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 NAMES = list(COLOURS)
@@ -118,8 +127,8 @@ def test_retrieval_oracle_finds_a_same_colour_item() -> None:
 @pytest.mark.parametrize(("reverse", "expected"), [(False, 1.0), (True, 0.0)])
 def test_pair_tasks_oracle_and_reversed(reverse: bool, expected: float) -> None:
     wino = tasks.winoground(ColourModel(reverse), ColourPairs(), None, CTX).metrics
-    assert wino["text_score"] == wino["image_score"] == wino["group_score"] == expected
-    assert wino["group_score/even"] == wino["group_score/odd"] == expected
+    assert wino["text_acc"] == wino["image_acc"] == wino["acc"] == expected  # CLIP_benchmark's
+    assert wino["acc/even"] == wino["acc/odd"] == expected
     mmvp = tasks.mmvp(ColourModel(reverse), ColourPairs(), None, CTX).metrics
     assert mmvp["mmvp_average"] == expected
 
@@ -135,7 +144,7 @@ def test_knn_and_linear_probe_separate_colours() -> None:
     knn = tasks.knn_classification(ColourModel(), Squares(), Squares(), CTX).metrics
     assert knn["knn_acc@10"] == 1.0 and knn["train_size"] == 30
     probe = tasks.linear_probe_classification(ColourModel(), Squares(), Squares(), CTX).metrics
-    assert probe["lp_acc1"] == 1.0
+    assert probe["lp_acc1"] == 1.0 and "weight_decay" in probe  # CLIP_benchmark's key
 
 
 def test_tasks_refuse_the_wrong_kind_of_data() -> None:
@@ -165,14 +174,44 @@ def test_result_files_table_and_slugs(tmp_path: Path) -> None:
     assert (tmp_path / "results.csv").read_text().splitlines()[1] == "t,d1,acc1,0.5,0.25"
     for record in records:
         folder = tmp_path / record["model"]
-        folder.mkdir()
+        (folder / "details").mkdir(parents=True)
         (folder / "t__d1.json").write_text(json.dumps(record))
-        (folder / "t__d1.details.json").write_text("{}")
+        (folder / "details" / "t__d1.json").write_text("{}")
+        (folder / "t__d0.details.json").write_text("{}")  # an older vlalign's details
     assert load_records(tmp_path) == records
     slug = Job("knn", "emoji-canvas:test?by=name&count=4").slug
     assert slug == "knn__emoji-canvas_test_by_name_count_4"
-    assert beside(tmp_path / "x.json", "arrays.npz") == tmp_path / "x.arrays.npz"
+    assert details_file(tmp_path / "x.json", ".npz") == tmp_path / "details" / "x.npz"
     assert {job.task for job in offline_suite()} == set(tasks.TASKS)
+
+
+def test_records_follow_clip_benchmark() -> None:
+    """CLIP_benchmark's dataset and task names, open_clip's architecture as the model, counts
+    and our names under "vlalign"; the table keys on our names and specs."""
+    job = Job("winoground", "winoground:/data/winoground")
+    record = make_record(job, "clip", "open_clip:ViT-B-32/openai",
+                         {"text_acc": 0.5, "image_acc": 0.25, "acc": 0.25, "acc/noun": 0.0})
+    assert record == {"dataset": "winoground", "model": "ViT-B-32", "pretrained": "openai",
+                      "task": "image_caption_selection", "language": "en",
+                      "metrics": {"text_acc": 0.5, "image_acc": 0.25, "acc": 0.25,
+                                  "acc/noun": 0.0},
+                      "vlalign": {"name": "clip", "task": "winoground",
+                                  "spec": "winoground:/data/winoground", "train_spec": None}}
+    knn = make_record(Job("knn", "fashion-mnist:test[:500]", "fashion-mnist:train"), "sail",
+                      "runs/sail", {"knn_acc@10": 0.5, "train_size": 9})
+    assert (knn["dataset"], knn["model"], knn["pretrained"]) == ("fashion-mnist", "sail",
+                                                                "runs/sail")
+    assert knn["metrics"] == {"knn_acc@10": 0.5} and knn["vlalign"]["train_size"] == 9
+    header, rows = merge([record, knn])
+    assert header[3:] == ["clip", "sail"]
+    assert rows[0] == ["winoground", "winoground:/data/winoground", "acc", 0.25, None]
+    names = {"imagenet:/d/in1k": "imagenet1k", "coco:/d/coco?split=val": "mscoco_captions",
+             "flickr30k:/d/f30k[:100]": "flickr30k", "emoji:test": "emoji",
+             "emoji-pairs:test?per_tag=5": "emoji-pairs",
+             "emoji-canvas:test?by=subcategory&count=4": "emoji-canvas/subcategory",
+             "folder:/data/pets/": "pets", "csv:/d/pairs.csv": "pairs",
+             "wds:/d/cc3m/{00000..00010}.tar": "cc3m", "wds:/d/digits/test/0.tar": "digits"}
+    assert {spec: dataset_name(spec) for spec in names} == names
 
 
 class _WithBadItems(Squares):

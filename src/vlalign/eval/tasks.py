@@ -2,7 +2,8 @@
 
 Each task takes a model, the evaluation data and (for k-NN and the linear probe) the training
 data, and returns a ``TaskResult``: CLIP_benchmark-named metrics plus the details a report draws
-(confusion matrix, retrieval examples, segmentation masks).
+(confusion matrix, retrieval examples, segmentation masks). ``RECORD_TASKS`` names a task as
+CLIP_benchmark's result records do, where it has the task under another name.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def linear_probe_classification(model: CLIPLike, dataset: Any, train: Any,
     train_images, test_images = _train_and_test(model, dataset, train, ctx, "linear_probe")
     metrics = linear_probe.evaluate(train_images.embeddings, train_images.labels,
                                     test_images.embeddings, test_images.labels)
+    metrics["weight_decay"] = metrics.pop("lp_weight_decay")  # CLIP_benchmark's key
     return TaskResult(metrics | {"train_size": len(train_images.indices)})
 
 
@@ -160,10 +162,20 @@ def _pair_scores(model: CLIPLike, dataset: Any, ctx: Context) -> tuple[torch.Ten
     return scores, [item.tag for item in items]
 
 
+# Winoground's scores under CLIP_benchmark's names (its task image_caption_selection).
+WINOGROUND_NAMES = {"text_score": "text_acc", "image_score": "image_acc", "group_score": "acc"}
+
+
 def winoground(model: CLIPLike, dataset: Any, train: Any, ctx: Context) -> TaskResult:
-    """Winoground text, image and group scores, overall and per tag."""
+    """Winoground text, image and group scores, overall and per tag, named as CLIP_benchmark's
+    image_caption_selection names them: ``text_acc``, ``image_acc``, ``acc`` (group), and
+    ``<name>/<tag>`` per tag."""
     scores, tags = _pair_scores(model, dataset, ctx)
-    return TaskResult(pairs.evaluate(scores, tags))
+    metrics = {}
+    for key, value in pairs.evaluate(scores, tags).items():
+        score, slash, tag = key.partition("/")
+        metrics[WINOGROUND_NAMES[score] + slash + tag] = value
+    return TaskResult(metrics)
 
 
 def mmvp(model: CLIPLike, dataset: Any, train: Any, ctx: Context) -> TaskResult:
@@ -207,3 +219,5 @@ TASKS: dict[str, Task] = {
     "mmvp": mmvp,
     "zeroshot_segmentation": zeroshot_segmentation,
 }
+# A task's name in result records where CLIP_benchmark names it otherwise (the rest: the same).
+RECORD_TASKS = {"winoground": "image_caption_selection"}

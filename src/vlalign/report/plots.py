@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")
+from vlalign.utils.optional import require
+
+require("matplotlib", "eval").use("Agg")  # headless; a one-line error without the extra
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
 
 IGNORE_COLOUR = (0, 0, 0, 0)
 CURVE_METRICS = ("/acc1", "recall@5")  # held-out metrics drawn against step
@@ -139,12 +140,13 @@ def _colour(mask: np.ndarray, palette: Any) -> np.ndarray:
 
 
 def bar_chart(rows: list[tuple[str, dict[str, float]]], title: str) -> bytes:
-    """Grouped bars: one group per metric row, one bar per model."""
+    """Grouped bars: one group per metric row, one bar per model (no bar where a model has no
+    value: the controls skip some tasks)."""
     models = list(dict.fromkeys(m for _, values in rows for m in values))
     figure, axes = plt.subplots(figsize=(max(7, 0.6 * len(rows) * len(models) / 2 + 3), 4))
     width = 0.8 / max(1, len(models))
     for k, model in enumerate(models):
-        values = [values.get(model, np.nan) for _, values in rows]
+        values = [np.nan if values.get(model) is None else values[model] for _, values in rows]
         axes.bar(np.arange(len(rows)) + k * width, values, width, label=model)
     axes.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [label for label, _ in rows],
                     rotation=45, ha="right", fontsize=7)
