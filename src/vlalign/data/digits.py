@@ -11,6 +11,7 @@ from PIL import Image
 from vlalign.data.base import RAW, REWRITTEN, Example
 from vlalign.data.templates import DIGIT_TEMPLATES, class_captions
 from vlalign.errors import UserError
+from vlalign.utils.optional import require
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TRAIN_SIZE = 1500
@@ -20,6 +21,7 @@ SPLITS = ("train", "test")
 @cache
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 images as uint8 (0..255) and their labels, loaded once per process."""
+    require("sklearn", "eval")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -1,7 +1,10 @@
 """Dataset specs -> sources: ``NAME:SPLIT`` or ``SCHEME:PATH``, optionally ``[start:stop]``.
 
 These specs take no ``@stage`` or ``?options`` (``vlalign.spec``): a path may hold ``@`` and
-``?`` (a webdataset glob), and colons after the first are part of it.
+``?`` (a webdataset glob), and colons after the first are part of it. The table schemes are the
+exception: ``parquet:FILES?image=COL&caption=COL&rewritten=COL&label=COL&root=DIR`` and
+``hf:PATH_OR_REPO?split=NAME&config=NAME&...`` (same column options) take ``?options``, so their
+globs use ``*`` only (``vlalign.data.parquet_source``, ``vlalign.data.hf_source``).
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ from vlalign.data.emoji import Emoji
 from vlalign.data.fashion_mnist import FashionMNIST
 from vlalign.data.files import CaptionFile
 from vlalign.data.image_folder import ImageFolder
+from vlalign.data.parquet_source import create_parquet
 from vlalign.data.webdataset_source import WebDatasetShards
 from vlalign.errors import UserError
 from vlalign.spec import Grammar
 
 SPLITS = {"fashion-mnist": ("train", "test"), "emoji": ("train", "test", "all"),
           "digits": ("train", "test")}
-PATH_SCHEMES = ("csv", "jsonl", "folder", "wds")
+TABLE_SCHEMES = ("parquet", "hf")  # the schemes that take ?options
+PATH_SCHEMES = ("csv", "jsonl", "folder", "wds", *TABLE_SCHEMES)
 DATASETS = (*SPLITS, *PATH_SCHEMES)
-GRAMMAR = Grammar("dataset", DATASETS, slice=True,
-                  usage={**{k: "|".join(v) for k, v in SPLITS.items()},
-                         **dict.fromkeys(PATH_SCHEMES, "PATH")})
+_USAGE = {**{k: "|".join(v) for k, v in SPLITS.items()}, **dict.fromkeys(PATH_SCHEMES, "PATH"),
+          "hf": "PATH|ORG/NAME"}
+GRAMMAR = Grammar("dataset", DATASETS, slice=True, usage=_USAGE)
+TABLE_GRAMMAR = Grammar("dataset", DATASETS, options=True, slice=True, usage=_USAGE)
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -59,8 +65,16 @@ class Subset:
 
 def create_source(spec: str, data_root: str | Path = "data") -> Source:
     """Build the source a spec names, e.g. ``fashion-mnist:train[:10000]`` or ``csv:pairs.csv``."""
-    parsed = GRAMMAR.parse(spec)
-    source = _build(parsed.scheme, parsed.name, Path(data_root))
+    grammar = TABLE_GRAMMAR if GRAMMAR.scheme(spec) in TABLE_SCHEMES else GRAMMAR
+    parsed = grammar.parse(spec)
+    if parsed.scheme == "parquet":
+        source: Source = create_parquet(parsed)
+    elif parsed.scheme == "hf":
+        from vlalign.data.hf_source import create_hf  # imports datasets: only when asked
+
+        source = create_hf(parsed)
+    else:
+        source = _build(parsed.scheme, parsed.name, Path(data_root))
     return source if parsed.slice is None else Subset(source, *parsed.slice)
 
 

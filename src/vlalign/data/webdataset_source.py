@@ -6,6 +6,13 @@ DreamLIP column the official SAIL encoder reads); the rewritten caption is the f
 JSON field of ``REWRITTEN_FIELDS`` (vlalign's ``caption_rewritten``, then common names and the
 DreamLIP long/short captions, ShareGPT4V's first, as in the official recipe). JSON
 ``"captions": [raw, rewritten]`` is read too.
+
+Shards must be local, uncompressed ``.tar`` files: samples are read by random access (an
+encode resumes shard by shard and its DataLoader workers read any item), which neither a
+stream (``http(s)://``, ``pipe:``, ``gs://``, ``s3://``, ... as webdataset's ``gopen`` opens)
+nor a compressed tar (``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz``/``.tar.zst``, which
+webdataset reads only front to back) allows. Such a shard is refused up front in one line that
+names it and says what to run (download it, decompress it), before any item is read.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +30,7 @@ from typing import Any, BinaryIO
 from vlalign.data.base import RAW, REWRITTEN, BadItem, Example
 from vlalign.data.images import decode_image
 from vlalign.errors import DataError, UserError
+from vlalign.utils.optional import require
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTS = ("txt", "json")
@@ -36,20 +45,63 @@ Member = tuple[int, int, str]
 Shards = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
+# Compressed tars: (suffixes, leading magic bytes, compression, the command that decompresses)
+COMPRESSED = ((((".tar.gz", ".tgz"), b"\x1f\x8b", "gzip", "gunzip -k"),
+               ((".tar.bz2", ".tbz2", ".tbz"), b"BZh", "bzip2", "bunzip2 -k"),
+               ((".tar.xz", ".txz"), b"\xfd7zXZ\x00", "xz", "unxz -k"),
+               ((".tar.zst", ".tzst"), b"\x28\xb5\x2f\xfd", "zstd", "unzstd")))
+_REMOTE = re.compile(r"^(pipe:|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+
+
 def expand_shards(shards: Shards) -> list[Path]:
-    """Brace-expand (``shard-{000..003}.tar``) and glob (``*``, ``?``) names; all must exist."""
+    """Brace-expand (``shard-{000..003}.tar``) and glob (``*``, ``?``) names; all must exist
+    and be local uncompressed tars (a UserError naming the first that is not, and what to do)."""
+    require("braceexpand", "data")
     from braceexpand import braceexpand  # installed with webdataset (the ``data`` extra)
 
     paths: list[Path] = []
     for pattern in _patterns(shards):
         for name in braceexpand(pattern):
+            refuse_remote(name)
             matches = sorted(glob.glob(name)) if any(c in name for c in "*?") else [name]
             if not matches or not Path(matches[0]).is_file():
                 raise UserError(f"webdataset shard not found: {name}")
             paths.extend(Path(m) for m in matches)
     if not paths:
         raise UserError(f"no webdataset shards match {shards!r}")
+    for path in paths:
+        refuse_compressed(path)
     return paths
+
+
+def refuse_remote(name: str) -> None:
+    """A UserError for a URL or ``pipe:`` shard: download it to a local .tar first."""
+    match = _REMOTE.match(name)
+    if not match:
+        return
+    if name.startswith("pipe:"):
+        hint = f"run the command into a file first ({name[5:].strip()} > shard.tar)"
+    else:
+        fetch = {"s3": "aws s3 cp", "gs": "gsutil cp", "hf": "huggingface-cli download"}
+        tool = fetch.get(match.group(1).split(":")[0].lower(), "curl -fLO")
+        hint = f"download it first ({tool} {name}) and pass the local path"
+    raise UserError(f"webdataset shard {name} is a stream, not a local file; vlalign reads "
+                    f"shards by random access (encode resumes shard by shard): {hint}")
+
+
+def refuse_compressed(path: Path) -> None:
+    """A UserError for a compressed tar (by suffix or by its first bytes): decompress it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError:
+        return  # index_shard reports unreadable files
+    name = path.name.lower()
+    for suffixes, magic, kind, command in COMPRESSED:
+        if name.endswith(suffixes) or head.startswith(magic):
+            raise UserError(f"webdataset shard {path} is {kind}-compressed; vlalign reads shards "
+                            f"by random access, which needs an uncompressed .tar: run "
+                            f"`{command} {path}` and pass the .tar it writes")
 
 
 def _patterns(shards: Shards) -> list[str]:

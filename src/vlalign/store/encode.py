@@ -201,6 +201,11 @@ def _check_or_start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     path = out / MANIFEST
     if path.exists():
         manifest = read_json(path)
+        if manifest.get("imported"):  # features made outside vlalign (import_embeddings.py)
+            raise StoreError(f"{out} holds embeddings imported from "
+                             f"{manifest['imported'].get('from')}, made outside vlalign; "
+                             "encoding into it would mix them with this encoder's features: "
+                             "choose another --out")
         difference = transform_difference((manifest.get("vision") or {}).get("preprocess"),
                                           identity["vision"]["preprocess"])
         if difference:

@@ -89,8 +89,9 @@ class FeatureStore:
                              "build one with `vlalign encode`")
         self.manifest: dict[str, Any] = read_json(manifest_path)
         if self.manifest.get("status") != "complete":
+            command = "import-embeddings" if self.manifest.get("imported") else "encode"
             raise StoreError(f"{self.path} is incomplete (status {self.manifest.get('status')!r});"
-                             " rerun the same `vlalign encode` command to finish it")
+                             f" rerun the same `vlalign {command}` command to finish it")
         self.shard_rows = np.array([s["rows"] for s in self.manifest["shards"]], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)])
         self._arrays: dict[tuple[int, str], _ArrayFile] = {}
