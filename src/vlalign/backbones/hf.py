@@ -52,6 +52,7 @@ from vlalign.backbones.text_recipes import (
 )
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.optional import require
 
 log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -107,6 +108,7 @@ def local_model_dir(name: str, kind: str) -> Path:
         return path
     if path.exists() or not _REPO_ID.match(name):
         raise UserError(f"{kind} model {name!r}: no such folder (and not a Hub repo id)")
+    require("huggingface_hub", "backbones")
     from huggingface_hub import HfApi, snapshot_download
 
     try:
@@ -231,6 +233,7 @@ def _tower_config(config: Any, tower: str) -> Any:
 def _config(folder: Path, remote_code: bool, name: str | None = None, kind: str = "hf") -> Any:
     """The folder's AutoConfig; with remote_code, code its auto_map names in other Hub repos is
     fetched into the cache first (``fetch_remote_code``)."""
+    require("transformers", "backbones")
     from transformers import AutoConfig
 
     if remote_code:

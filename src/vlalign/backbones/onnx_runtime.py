@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vlalign.utils.files import cache_dir
+from vlalign.utils.optional import require
 
 
 def onnxruntime_available() -> bool:
@@ -62,7 +63,8 @@ class OnnxTrunk:
 
     def __init__(self, trunk: Callable[[torch.Tensor], torch.Tensor], owner: nn.Module,
                  identity: str, size: int):
-        import onnxruntime
+        onnxruntime = require("onnxruntime", "bundled")
+        require("onnx", "bundled")  # the export
 
         key = hashlib.sha1(f"{identity}|{size}|{torch.__version__}".encode()).hexdigest()[:16]
         path = cache_dir("onnx") / f"{key}.onnx"

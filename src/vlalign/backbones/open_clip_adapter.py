@@ -28,6 +28,7 @@ from vlalign.backbones.base import (
 from vlalign.backbones.hf import hub_file, local_model_dir
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.optional import require
 
 # seed only matters with weights=random.
 OPTIONS = {"weights": Option("pretrained", ("pretrained", "random")), "seed": Option(0)}
@@ -35,7 +36,7 @@ OPTIONS = {"weights": Option("pretrained", ("pretrained", "random")), "seed": Op
 
 def _tag_checkpoint(arch: str, tag: str) -> tuple[Path, dict[str, Any]]:
     """Checkpoint file for a pretrained tag (Hub cache first) and the tag's preprocessing."""
-    import open_clip
+    open_clip = require("open_clip", "backbones")
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
@@ -55,7 +56,7 @@ def load_open_clip(spec: Spec, device: str) -> tuple[torch.nn.Module, Any, str]:
     """(model in eval mode, tokenizer, identity) for an open_clip spec."""
     reject_stage(spec)
     opts = validate_options(spec, OPTIONS)
-    import open_clip
+    open_clip = require("open_clip", "backbones")
 
     random = opts["weights"] == "random"
     name, kwargs = spec.name, {}

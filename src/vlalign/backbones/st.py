@@ -31,6 +31,7 @@ from vlalign.backbones.text_recipes import (
 )
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.optional import require
 
 # max_length=0: the known model's (text_recipes.KNOWN_TEXT_MODELS), else the pipeline's own.
 OPTIONS = {"batch_size": Option(64, minimum=1), "max_length": Option(0, minimum=0),
@@ -50,6 +51,7 @@ class SentenceTransformerText(BaseTextEncoder):
         name = name or spec.name
         known = known_recipe(name)
         remote = bool(resolved_option(spec, opts, "remote_code", known and known.remote_code))
+        require("sentence_transformers", "backbones")
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 

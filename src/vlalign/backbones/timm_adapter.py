@@ -26,6 +26,7 @@ from vlalign.backbones.base import (
 from vlalign.backbones.hf import local_model_dir
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.optional import require
 
 POOLS = ("auto", "clsmean", "cls", "mean", "avg", "max", "avgmax", "model")
 # size=0: the model's own input size; size=N builds the model for N x N inputs (the crop; the
@@ -54,7 +55,7 @@ def timm_preprocess(config: dict[str, Any]) -> Preprocess:
 
 def _resolve(spec: Spec, random: bool) -> tuple[str, str | None]:
     """(name for timm.create_model, folder whose files identify the weights or None)."""
-    import timm
+    timm = require("timm", "backbones")
 
     name = spec.name
     if name.startswith("local-dir:"):
@@ -88,7 +89,7 @@ class TimmVisionEncoder:
     def __init__(self, spec: Spec, device: str = "cpu") -> None:
         reject_stage(spec)
         opts = validate_options(spec, OPTIONS)
-        import timm
+        timm = require("timm", "backbones")
 
         random = opts["weights"] == "random"
         name, folder = _resolve(spec, random)
