@@ -41,6 +41,18 @@ def _encode(args: argparse.Namespace) -> None:
           f"{summary['size_mb']} MB)")
 
 
+def _import_embeddings(args: argparse.Namespace) -> None:
+    from vlalign.store.import_embeddings import ImportOptions, import_embeddings
+
+    options = ImportOptions(shard_size=args.shard_size, dtype=args.dtype,
+                            vision_spec=args.vision_spec, text_spec=args.text_spec,
+                            progress=not args.quiet)
+    manifest = import_embeddings(Path(args.dir), Path(args.out), options)
+    print(f"store ready: {args.out} ({manifest['rows']} rows, {manifest['vision']['dim']}-d "
+          f"images, {manifest['text']['dim']}-d captions; train with `vlalign train sail "
+          f"--store {args.out}`)")
+
+
 def _info(args: argparse.Namespace) -> None:
     from vlalign.store import FeatureStore
 
@@ -100,7 +112,9 @@ def _finetune(args: argparse.Namespace) -> None:
                            time_budget_s=args.time_budget_s, batch_size=args.batch_size,
                            augment=not args.no_augment, precision=args.precision,
                            seed=args.seed, num_workers=args.workers, device=args.device,
-                           data_root=args.data_root)
+                           data_root=args.data_root, layer_decay=args.layer_decay,
+                           drop_path=args.drop_path, label_smoothing=args.smoothing,
+                           img_size=args.img_size)
     flags.optim.lr = args.lr
     config = load_config(FinetuneConfig, None, _overrides(args), base=flags)
     out = Path(args.out) if args.out else None
@@ -142,6 +156,26 @@ def _export_sail(args: argparse.Namespace) -> None:
 
     out = export_official(Path(args.run), Path(args.out))
     print(f"official SAIL checkpoint written to {out} ({len(official_keys())} tensors)")
+
+
+def _import_uta(args: argparse.Namespace) -> None:
+    from vlalign.uta.official import import_official
+
+    out = import_official(args.checkpoint, Path(args.out), name=args.name,
+                          heads=args.text_heads)
+    print(f"model written to {out} (vlalign.load_model({str(out)!r}), or --model {out})")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from vlalign.models.hub import describe, prepare_upload, push_to_hub
+
+    if args.out:
+        folder = prepare_upload(args.run, args.out, args.repo_id, args.results, args.license)
+        print(f"{describe(folder)}\nupload folder written to {folder} (nothing was uploaded)")
+        return
+    url = push_to_hub(args.run, args.repo_id, revision=args.revision, private=args.private,
+                      results=args.results, license=args.license)
+    print(f"pushed {args.run} to {url}\nload it with vlalign.load_model('hf-hub:{args.repo_id}')")
 
 
 def _count(value: str) -> int:
@@ -253,6 +287,14 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {path} (and {path.with_suffix('.md')})")
 
 
+def _clip_benchmark(args: argparse.Namespace) -> None:
+    from vlalign.eval.clip_benchmark import main as clip_benchmark_main
+
+    code = clip_benchmark_main(args.args)
+    if code:
+        raise SystemExit(code)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from vlalign.demo import run_demo
 
@@ -326,6 +368,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_encode)
 
+    p = sub.add_parser(
+        "import-embeddings", help="turn precomputed embeddings (clip-retrieval) into a store",
+        description="Import image and caption embeddings in the clip-retrieval / "
+        "embedding-reader layout (DIR/img_emb/img_emb_N.npy, DIR/text_emb/text_emb_N.npy, "
+        "DIR/metadata/metadata_N.parquet with a caption column; shards in numeric order, "
+        "float16 or float32 rows) into a feature store that `vlalign train sail` trains on. "
+        "Resumable: rerun the same command after an interruption.",
+        epilog="The store records no image transform of vlalign's and an identity "
+        "imported:SPEC, so it is never mixed with features vlalign encodes (encode, probe, "
+        "eval and UTA refuse or skip it). Give --vision-spec/--text-spec to record which "
+        "encoders made the embeddings: imports with the same specs can be mixed and used as "
+        "validation stores for each other. Example: vlalign import-embeddings "
+        "laion-emb --out stores/laion --vision-spec open_clip:ViT-B-32/laion2b_s34b_b79k "
+        "--text-spec open_clip:ViT-B-32/laion2b_s34b_b79k")
+    p.add_argument("dir", metavar="DIR", help="folder holding img_emb/, text_emb/, metadata/")
+    p.add_argument("--out", required=True, help="store directory to write")
+    p.add_argument("--vision-spec", metavar="SPEC",
+                   help="the encoder that made img_emb, if known (recorded)")
+    p.add_argument("--text-spec", metavar="SPEC",
+                   help="the encoder that made text_emb, if known (recorded)")
+    p.add_argument("--shard-size", type=int, default=4096, metavar="N",
+                   help="rows per store shard (default 4096)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default=None,
+                   help="stored dtype (default: the inputs', float32 if either is)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_import_embeddings)
+
     p = sub.add_parser("info", help="summarise a feature store")
     p.add_argument("store", help="store directory")
     p.add_argument("--verify", action="store_true", help="check every shard's sha256")
@@ -368,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4, help="full mode (default 5e-4)")
     p.add_argument("--no-augment", action="store_true", help="full mode: no crop/flip")
+    p.add_argument("--layer-decay", type=float, default=0.7,
+                   help="full mode: layer-wise lr decay, lr x DECAY^(depth + 1 - layer); 1 = off "
+                   "(default 0.7, EVA-02-B's)")
+    p.add_argument("--drop-path", type=float, default=0.1,
+                   help="full mode: stochastic depth at the last block (default 0.1, EVA-02-B's)")
+    p.add_argument("--smoothing", type=float, default=0.1,
+                   help="full mode: label smoothing (default 0.1, EVA-02-B's)")
+    p.add_argument("--img-size", type=int, default=0,
+                   help="fine-tune and test at this side, a multiple of the patch size (timm "
+                   "resamples the positions and RoPE; default 0: the student's own)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="autocast dtype (auto: bf16 where it is fast here, else fp32)")
     p.add_argument("--seed", type=int, default=0)
@@ -415,6 +494,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="training run directory or saved model folder")
     p.add_argument("--out", required=True, metavar="FILE.pt", help="checkpoint file to write")
     p.set_defaults(func=_export_sail)
+
+    p = sub.add_parser(
+        "import-uta", help="turn an official UTA checkpoint (.pt) into a vlalign model",
+        description="Load an official UTA checkpoint (UTA-B/16 or UTA-L/14-336 from jjjjh/UTA; "
+        "UTA-g/14-336 once the student takes an MLP ratio: the uta_clip.CLIP state dict, "
+        "visual.*, text.*, logit_scale) with "
+        "torch.load(weights_only=True) and write a self-contained vlalign UTA model folder: "
+        "the visual tower as a timm EVA-02 student, the text tower and tokenizer as its "
+        "zero-shot text side. Strict: a missing or unknown key is an error.",
+        epilog="The timm model and its sizes (dim, depth, heads from the RoPE buffers, patch, "
+        "image size) are read from the tensors; sizes of no release are accepted too.")
+    p.add_argument("checkpoint", metavar="FILE.pt", help="official UTA checkpoint")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--name", metavar="TIMM_NAME",
+                   help="timm EVA-02 model for the student (default: by the shapes)")
+    p.add_argument("--text-heads", type=int, metavar="N",
+                   help="attention heads of the text tower (default: width / 64, i.e. 16)")
+    p.set_defaults(func=_import_uta)
+
+    p = sub.add_parser(
+        "push", help="share a trained model on the Hugging Face Hub",
+        description="Upload a finished run or saved model folder (the model files only, no "
+        "checkpoints) with a generated model card (backbones, training facts, results) to a Hub "
+        "repo, created if missing. Others load it with vlalign.load_model('hf-hub:REPO_ID'). "
+        "Log in first (`hf auth login`) or set HF_TOKEN.")
+    p.add_argument("run", metavar="RUN", help="training run directory or saved model folder")
+    p.add_argument("repo_id", metavar="REPO_ID", help="Hub repo, e.g. my-org/sail-dinov2-gte")
+    p.add_argument("--revision", help="branch to push to (created if missing; default main)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--results", metavar="FILE",
+                   help="evaluation results for the card's model-index (a `vlalign eval` JSON "
+                   "file or folder; default RUN/results.json when present)")
+    p.add_argument("--license", help="license id for the card, e.g. apache-2.0")
+    p.add_argument("--out", metavar="DIR",
+                   help="only write the upload folder (model files + README.md) to DIR")
+    p.set_defaults(func=_push)
 
     p = sub.add_parser(
         "eval", help="evaluate models (zero-shot, retrieval, k-NN, probes, pairs, segmentation)",
@@ -487,6 +602,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data",
                    help="where the evaluation data lives (for thumbnails)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "clip-benchmark", help="run CLIP_benchmark (eval, build) on vlalign models",
+        description="Run CLIP_benchmark's own command line (`clip_benchmark eval|build ...`) "
+        "in this process, with model type vlalign: --model_type vlalign --model RUN loads RUN "
+        "as `vlalign eval --model` does (a run folder, saved model, open_clip:ARCH/TAG or "
+        "random-heads:RUN; NAME=RUN names it); --pretrained is ignored. Its records are "
+        "those of `vlalign eval` (model: the name, pretrained: the spec), and `build` reads "
+        "the records in a folder and its folders (a `vlalign eval --suite` folder as it is). "
+        "Every argument after clip-benchmark goes to CLIP_benchmark unchanged: see `vlalign "
+        "clip-benchmark eval --help`. Needs pip install 'vlalign[clip-benchmark]'.",
+        epilog="example: vlalign clip-benchmark eval --model_type vlalign --model "
+        "runs/demo/sail --dataset wds/mydata --dataset_root data/mydata --task "
+        "zeroshot_classification --no_amp --output 'results/{model}/{task}__{dataset}.json'; "
+        "then: vlalign clip-benchmark build results --output benchmark.csv")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="eval|build ...",
+                   help="CLIP_benchmark's arguments")
+    p.set_defaults(func=_clip_benchmark)
 
     p = sub.add_parser("demo", help="the whole offline pipeline, ending in a report")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
