@@ -48,6 +48,7 @@ from vlalign.utils.distributed import (
 )
 from vlalign.utils.files import (
     atomic_save_npy,
+    atomic_save_npy_parts,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
@@ -124,17 +125,20 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cast_features(features: np.ndarray, dtype: type, what: str) -> np.ndarray:
     """``features`` in the store's dtype; StoreError instead of silently storing inf or zeros
-    when float16 cannot hold them (features above 65504, or rows that underflow to all zero)."""
-    with np.errstate(over="ignore"):  # overflow is reported below, as one line
-        cast = features.astype(dtype)
-    if dtype is np.float16 and features.size:
-        peak = float(np.abs(features).max())
-        flat = features.reshape(len(features), -1)
-        lost = (np.abs(flat).max(axis=1) > 0) & ~cast.reshape(len(cast), -1).any(axis=1)
-        if not np.isfinite(cast).all() or lost.any():
-            raise StoreError(f"{what} features do not fit float16 (largest |value| {peak:.3g}); "
-                             "encode with --dtype float32")
-    return cast
+    when float16 cannot hold them (features above 65504, or rows that underflow to all zero).
+    The cast and the checks run in torch: numpy's float16 cast is single-threaded and about
+    7 s per GB of token maps here, which made it most of an encode's cost."""
+    if dtype is not np.float16 or not features.size:
+        return features.astype(dtype)
+    source = torch.from_numpy(np.ascontiguousarray(features))
+    cast = source.to(torch.float16)
+    flat, flat_cast = source.reshape(len(source), -1), cast.reshape(len(cast), -1)
+    lost = (flat.abs().amax(dim=1) > 0) & ~flat_cast.any(dim=1)
+    if not bool(torch.isfinite(cast).all()) or bool(lost.any()):
+        peak = float(source.abs().max())
+        raise StoreError(f"{what} features do not fit float16 (largest |value| {peak:.3g}); "
+                         "encode with --dtype float32")
+    return cast.numpy()
 
 
 class _ShardBatches(Sampler[list[int]]):
@@ -257,19 +261,16 @@ class _ShardBuffer:
 
     def flush(self, out: Path, text: TextEncoder, options: EncodeOptions, kinds: list[str]) -> int:
         dtype = DTYPES[options.dtype]
-        images = (np.concatenate(self.images) if self.images
-                  else np.zeros((0, self.vision.dim), np.float32))
+        images = self.images or [np.zeros((0, self.vision.dim), dtype)]
         with _autocast(options.precision, getattr(text, "device", torch.device("cpu"))):
             texts = encode_captions(text, self.captions, len(kinds), options.text_batch_size)
-        sha = {"images": atomic_save_npy(shard_file(out, self.shard, "images"),
-                                         cast_features(images, dtype, "image")),
+        sha = {"images": atomic_save_npy_parts(shard_file(out, self.shard, "images"), images),
                "texts": atomic_save_npy(shard_file(out, self.shard, "texts"),
                                         cast_features(texts, dtype, "caption"))}
         if options.tokens:
-            tokens = (np.concatenate(self.tokens) if self.tokens
-                      else np.zeros((0, 0, self.vision.token_dim), np.float32))
-            sha["tokens"] = atomic_save_npy(shard_file(out, self.shard, "tokens"),
-                                            cast_features(tokens, dtype, "token"))
+            tokens = self.tokens or [np.zeros((0, 0, self.vision.token_dim), dtype)]
+            sha["tokens"] = atomic_save_npy_parts(shard_file(out, self.shard, "tokens"),
+                                                  tokens)
         counts = {kind: sum(row[j] for row in self.real) for j, kind in enumerate(kinds)}
         meta = {"shard": self.shard, "rows": len(self.keys), "keys": self.keys,
                 "labels": self.labels, "captions": self.captions, "caption_counts": counts,
@@ -405,9 +406,11 @@ def _encode_batch(batch: dict[str, Any], buffer: _ShardBuffer | None, vision: Vi
         pixels = normalise(good["pixels"].to(device, non_blocking=True), vision.preprocess)
         with _autocast(options.precision, device):
             result = vision.encode(pixels, tokens=options.tokens)
-        buffer.images.append(result.pooled.float().cpu().numpy())
+        dtype = DTYPES[options.dtype]  # cast per batch: a shard is never held in float32
+        buffer.images.append(cast_features(result.pooled.float().cpu().numpy(), dtype, "image"))
         if options.tokens:
-            buffer.tokens.append(result.tokens.float().cpu().numpy())
+            buffer.tokens.append(cast_features(result.tokens.float().cpu().numpy(), dtype,
+                                               "token"))
             buffer.grid = list(result.grid)
         buffer.keys.extend(good["key"])
         buffer.labels.extend(good["label"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -66,11 +67,28 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> str:
     but go through Python's ``write``: numpy's own writer reports a full disk as a short write
     without an errno, which could not be told apart from other errors.
     """
-    array = np.ascontiguousarray(array)
+    return atomic_save_npy_parts(path, [array])
+
+
+def atomic_save_npy_parts(path: Path, parts: list[np.ndarray]) -> str:
+    """``atomic_save_npy`` of the rows of ``parts`` (same dtype and trailing shape) stacked,
+    without stacking them: each part is written in turn and hashed as it goes, so a shard of
+    token maps is neither copied into one array nor read back for its checksum."""
+    parts = [np.ascontiguousarray(part) for part in parts]
+    shape = (sum(len(part) for part in parts), *parts[0].shape[1:])
+    header = {"descr": npy_format.dtype_to_descr(parts[0].dtype), "fortran_order": False,
+              "shape": shape}
+    head = io.BytesIO()
+    npy_format.write_array_header_1_0(head, header)
+    digest = hashlib.sha256(head.getvalue())
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        npy_format.write_array_header_1_0(handle, npy_format.header_data_from_array_1_0(array))
-        handle.write(array.data)
-    return sha256_file(path)
+        handle.write(head.getvalue())
+        for part in parts:
+            if part.dtype != parts[0].dtype or part.shape[1:] != parts[0].shape[1:]:
+                raise ValueError(f"{path}: parts of different dtypes or shapes")
+            handle.write(part.data)
+            digest.update(part.data)
+    return digest.hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
