@@ -280,3 +280,22 @@ def test_no_host_sync_outside_logging_checkpoint_and_first_steps(tmp_path: Path)
              if (step + 1) % config.log_every]
     assert len(quiet) == 18 and set(quiet) == {0}, task.per_step
     assert task.per_step[29] > 0  # a logging step reads the watch (and logs)
+
+
+def test_auto_precision_reads_the_cpu_flags(tmp_path: Path, monkeypatch) -> None:
+    """bf16 on the CPU exactly when its flags list bf16 matrix instructions (a timing alone
+    once picked fp32 on an AVX-512 BF16 host); the timing only where no flags are listed."""
+    from vlalign.train import precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert precision.cpu_flags(str(info)) >= {"avx2", "avx512_bf16"}
+    assert precision.cpu_flags(str(tmp_path / "missing")) is None
+    for flags, fast in (({"avx2", "avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True),
+                        ({"avx2", "fma"}, False)):
+        precision.cpu_bf16_is_fast.cache_clear()
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        assert precision.cpu_bf16_is_fast() is fast
+        assert precision.resolve_precision("auto", torch.device("cpu")) == (
+            "bf16" if fast else "fp32")
+    precision.cpu_bf16_is_fast.cache_clear()

@@ -147,6 +147,20 @@ def test_cached_targets_are_unit_rows_computed_once(teacher_dir: Path, tmp_path:
     assert list((tmp_path / "cache").iterdir()) == [path]  # no temporary file left
 
 
+def test_bf16_targets_are_cached_apart_and_close_to_fp32(teacher_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """The bf16 cache (what a bf16 run makes: 3x faster on a bf16 CPU) has its own key and its
+    unit vectors keep a cosine above 0.999 with fp32's."""
+    store = FeatureStore(_token_store(tmp_path / "store", "digits:train[:40]"))
+    stored = StoredTargets(create_teacher(f"sail:{teacher_dir}"), (2, 2))
+    fp32 = cache_targets(stored, store, progress=False, root=tmp_path / "cache")
+    bf16 = cache_targets(stored, store, progress=False, root=tmp_path / "cache", precision="bf16")
+    assert fp32 != bf16
+    a, b = (torch.from_numpy(np.load(p)).float() for p in (fp32, bf16))
+    assert not torch.equal(a, b)
+    assert (a * b).sum(-1).min() > 0.999
+
+
 def test_nan_guard_keeps_the_last_good_checkpoint(teacher_dir: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []

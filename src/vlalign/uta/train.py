@@ -139,7 +139,10 @@ class UtaTask(Task):
             stores = open_stores(config.stores, sources, stored_backbone(self.teacher),
                                  self.teacher_grid)
             stored = StoredTargets(self.teacher, self.teacher_grid)
-            paths = on_rank_zero(lambda: [cache_targets(stored, store, progress)
+            # bf16 where the run would use it (3x faster on a bf16 CPU); else fp32
+            bf16 = resolve_precision(config.precision, self.device) == "bf16"
+            paths = on_rank_zero(lambda: [cache_targets(stored, store, progress,
+                                                        precision="bf16" if bf16 else "fp32")
                                           for store in stores])
             targets = [np.load(path, mmap_mode="r") for path in paths]
             pixels = pixels.with_size(self.student_config.img_size)  # only the student's input
