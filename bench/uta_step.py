@@ -1,6 +1,7 @@
-"""Student step time at ViT-B/16, 224 px: UTA (kept tokens only) at mask ratios 0.25 / 0.5 /
-0.75 versus the EVA-02-style MIM baseline (all 196 tokens, masked ones replaced by [MASK]) and
-plain feature distillation (no masking), on one student, in one run.
+"""Student step time at ViT-B/16 (timm's eva02_base_patch14_224 at patch 16, the UTA-B/16
+layout), 224 px: UTA (kept tokens only) at mask ratios 0.25 / 0.5 / 0.75 versus the
+EVA-02-style MIM baseline (all 196 tokens, masked ones replaced by [MASK]) and plain feature
+distillation (no masking), on one student, in one run.
 
 A step is the training engine's own step (``vlalign.train.loop.fit``): the objective's forward
 and loss (``vlalign.uta.train.Distiller``) under the run's autocast, the finite checks,
@@ -124,7 +125,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    student = create_student("base", args.teacher_dim, mask_token=True).to(device)
+    student = create_student("eva02_base_patch14_224", args.teacher_dim, patch_size=16,
+                             mask_token=True).to(device)
     b, n = args.batch, GRID[0] * GRID[1]
     precision = resolve_precision(args.precision, device)
     settings = TrainSettings(optim=UtaConfig().optim, batch_size=b, precision=precision,
