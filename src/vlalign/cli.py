@@ -333,7 +333,7 @@ def _add_run_options(parser: argparse.ArgumentParser, config: str, example: str)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlalign", description="Align frozen vision and text encoders into CLIP-like "
-        "models (SAIL) and measure how alignable they are.")
+        "models (SAIL), distil ViTs from them (UTA) and measure how alignable they are.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
