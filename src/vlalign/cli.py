@@ -497,9 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import-uta", help="turn an official UTA checkpoint (.pt) into a vlalign model",
-        description="Load an official UTA checkpoint (UTA-B/16 or UTA-L/14-336 from jjjjh/UTA; "
-        "UTA-g/14-336 once the student takes an MLP ratio: the uta_clip.CLIP state dict, "
-        "visual.*, text.*, logit_scale) with "
+        description="Load an official UTA checkpoint (UTA-B/16, UTA-L/14-336 or UTA-g/14-336 "
+        "from jjjjh/UTA: the uta_clip.CLIP state dict, visual.*, text.*, logit_scale) with "
         "torch.load(weights_only=True) and write a self-contained vlalign UTA model folder: "
         "the visual tower as a timm EVA-02 student, the text tower and tokenizer as its "
         "zero-shot text side. Strict: a missing or unknown key is an error.",

@@ -220,18 +220,30 @@ def _check_or_start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
         if stored != wanted:
             raise StoreError(f"{out} already holds a store with a different precision "
                              f"({stored} != {wanted}); choose another --out or delete it")
-        for key, value in identity.items():
-            if manifest.get(key) != value:
-                raise StoreError(
-                    f"{out} already holds a store with a different {key} "
-                    f"({json.dumps(manifest.get(key))[:120]} != {json.dumps(value)[:120]}); "
-                    "choose another --out or delete it")
+        check_same_identity(out, manifest, identity, "a store")
         return manifest
+    return start_manifest(out, identity, "encoding")
+
+
+def check_same_identity(out: Path, manifest: dict[str, Any], identity: dict[str, Any],
+                        what: str) -> None:
+    """StoreError naming the first identity field in which ``out``'s manifest differs: resuming
+    into it would mix two kinds of rows."""
+    for key, value in identity.items():
+        if manifest.get(key) != value:
+            raise StoreError(
+                f"{out} already holds {what} with a different {key} "
+                f"({json.dumps(manifest.get(key))[:120]} != {json.dumps(value)[:120]}); "
+                "choose another --out or delete it")
+
+
+def start_manifest(out: Path, identity: dict[str, Any], status: str) -> dict[str, Any]:
+    """A new store folder (which must be empty or missing) with its manifest in ``status``."""
     if out.exists() and any(out.iterdir()):
         raise StoreError(f"{out} exists, is not empty and has no {MANIFEST}; choose another --out")
     shard_dir(out).mkdir(parents=True, exist_ok=True)
-    manifest = {**identity, "status": "encoding"}
-    atomic_write_json(path, manifest)
+    manifest = {**identity, "status": status}
+    atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
 

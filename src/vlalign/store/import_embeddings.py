@@ -23,7 +23,6 @@ UTA targets) is refused or passed over, never silently mixed.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -38,8 +37,14 @@ from tqdm import tqdm
 
 from vlalign.data.base import RAW
 from vlalign.errors import DataError, StoreError, UserError
-from vlalign.store.encode import DTYPES, _shard_complete, cast_features
-from vlalign.store.layout import BAD_ITEMS, FORMAT_VERSION, MANIFEST, shard_dir, shard_file
+from vlalign.store.encode import (
+    DTYPES,
+    _shard_complete,
+    cast_features,
+    check_same_identity,
+    start_manifest,
+)
+from vlalign.store.layout import BAD_ITEMS, FORMAT_VERSION, MANIFEST, shard_file
 from vlalign.utils.files import atomic_save_npy, atomic_write_bytes, atomic_write_json, read_json
 from vlalign.utils.optional import require
 
@@ -191,19 +196,9 @@ def _check_or_start(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
         if not manifest.get("imported"):
             raise StoreError(f"{out} holds a store encoded by vlalign, not an import; choose "
                              "another --out")
-        for key, value in identity.items():
-            if manifest.get(key) != value:
-                raise StoreError(
-                    f"{out} already holds an import with a different {key} "
-                    f"({json.dumps(manifest.get(key))[:120]} != {json.dumps(value)[:120]}); "
-                    "choose another --out or delete it")
+        check_same_identity(out, manifest, identity, "an import")
         return manifest
-    if out.exists() and any(out.iterdir()):
-        raise StoreError(f"{out} exists, is not empty and has no {MANIFEST}; choose another --out")
-    shard_dir(out).mkdir(parents=True, exist_ok=True)
-    manifest = {**identity, "status": "importing"}
-    atomic_write_json(path, manifest)
-    return manifest
+    return start_manifest(out, identity, "importing")
 
 
 class _Rows:
