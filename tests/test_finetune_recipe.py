@@ -49,7 +49,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(**changes) -> FinetuneConfig:
     config = FinetuneConfig(mode="full", batch_size=8, epochs=1, augment=False,
-                            precision="fp32", device="cpu", log_every=1, checkpoint_every=2)
+                            precision="fp32", device="cpu", log_every=1, checkpoint_every=2,
+                            head_init="zeros")  # the stand-in teacher has no text side
     for key, value in changes.items():
         setattr(config, key, value)
     return config
@@ -174,7 +175,7 @@ def test_img_size_finetuning_saves_and_evaluates_at_that_size(
     common = ["finetune", "--model", str(model), "--data", TRAIN, "--test-data", TEST,
               "--quiet", "--device", "cpu", "--precision", "fp32", "--batch-size", "8"]
     assert main([*common, "--mode", "full", "--epochs", "1", "--no-augment", "--img-size", "48",
-                 "--set", "layer_decay=0.8", "--out", str(out)]) == 0
+                 "--set", "layer_decay=0.8", "--set", "head_init=zeros", "--out", str(out)]) == 0
     metrics = json.loads(capsys.readouterr().out.splitlines()[0])
     record = json.loads((out / "finetune.json").read_text())
     assert record["img_size"] == 48 and record["settings"]["layer_decay"] == 0.8

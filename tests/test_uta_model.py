@@ -139,3 +139,24 @@ def test_finetune_linear_full_and_from_scratch(run: Path, tmp_path: Path) -> Non
         _images(1)[0].save(tmp_path / "pets" / name / "a.png")
     with pytest.raises(UserError, match="different classes"):
         finetune(run, "digits:train[:8]", f"folder:{tmp_path / 'pets'}", FinetuneConfig())
+
+
+def test_zeroshot_head_starts_fine_tuning_at_the_zero_shot_predictions(run: Path) -> None:
+    """head_init=zeroshot: before any step, the classifier predicts what zero-shot
+    classification predicts (the per-image norm it leaves out does not move an argmax)."""
+    from vlalign.eval.finetune import zeroshot_head
+    from vlalign.uta.data import ImageRows
+
+    model = load_model(run)
+    student, preprocess, _ = load_student(run)
+    spec = "digits:test[:40]"
+    source = create_source(spec)
+    classifier = Classifier(student, len(source.class_names)).eval()
+    zeroshot_head(classifier, model, ImageRows([source], preprocess), source.class_names,
+                  templates_for(spec), torch.device("cpu"))
+    pixels, _ = _labelled(spec, preprocess)
+    with torch.no_grad():
+        tuned = classifier(pixels).argmax(dim=1)
+    probs = model.classify(pixels, source.class_names, templates_for(spec))
+    assert torch.equal(tuned, probs.argmax(dim=1))
+    assert classifier.fc.weight.abs().sum() > 0

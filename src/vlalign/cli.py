@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-s", type=float, default=0.0,
                    help="full mode: stop after this many seconds of training (schedule in time)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4, help="full mode (default 5e-4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="full mode (default 1e-4, EVA-02-B's)")
     p.add_argument("--no-augment", action="store_true", help="full mode: no crop/flip")
     p.add_argument("--layer-decay", type=float, default=0.7,
                    help="full mode: layer-wise lr decay, lr x DECAY^(depth + 1 - layer); 1 = off "

@@ -10,18 +10,17 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import re
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 import torch
 
 from vlalign.backbones.base import (
+    CLIP_MEAN,
+    CLIP_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     BaseTextEncoder,
@@ -52,40 +51,14 @@ from vlalign.backbones.text_recipes import (
 )
 from vlalign.errors import UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.hf_hub import REPO_ID, hub_reachable
 from vlalign.utils.optional import require
 
 log = logging.getLogger(__name__)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HUB_PROBE_SECONDS = 2.0
-_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 # --- Hub resolution -----------------------------------------------------------------------------
-
-def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """True if the Hub endpoint accepts a TCP connection within ``timeout`` s (DNS included)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(ok)
-
 
 def offline_error(kind: str, name: str) -> UserError:
     """The one-line error for a Hub name that is neither local nor cached while offline."""
@@ -106,7 +79,7 @@ def local_model_dir(name: str, kind: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or not _REPO_ID.match(name):
+    if path.exists() or not REPO_ID.match(name):
         raise UserError(f"{kind} model {name!r}: no such folder (and not a Hub repo id)")
     require("huggingface_hub", "backbones")
     from huggingface_hub import HfApi, snapshot_download

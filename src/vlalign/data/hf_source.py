@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,10 +30,10 @@ from typing import Any
 from vlalign.data.parquet_source import OPTIONS, TableSource, resolve_columns
 from vlalign.errors import DataError, UserError
 from vlalign.spec import Option, Spec, validate_options
+from vlalign.utils.hf_hub import REPO_ID
 from vlalign.utils.optional import require
 
 HF_OPTIONS = {**OPTIONS, "split": Option(""), "config": Option("")}
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$|^[\w.-]+$")
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes
 
 
@@ -92,7 +91,7 @@ def open_dataset(name: str, config: str = "") -> tuple[Any, Path]:
                                 "(drop ?config=)")
             return _load(name, datasets.load_from_disk, str(path)), folder
         return _load(name, datasets.load_dataset, str(path), **options), folder
-    if not _REPO_ID.match(name):
+    if not REPO_ID.match(name):
         raise UserError(f"hf:{name}: no such file or folder (and not a Hub dataset id ORG/NAME)")
     snapshot = _cached_snapshot(name)
     if snapshot is not None:
@@ -100,7 +99,7 @@ def open_dataset(name: str, config: str = "") -> tuple[Any, Path]:
     if _prepared_in_cache(name):
         with _offline():
             return _load(name, datasets.load_dataset, name, **options), Path.cwd()
-    from vlalign.backbones.hf import hub_reachable
+    from vlalign.utils.hf_hub import hub_reachable
 
     if not hub_reachable():
         raise UserError(f"hf:{name} is not a local folder, not in the local Hugging Face cache, "

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def _text(value: Any) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
 
 
-class TableSource:
+class TableSource(ABC):
     """Rows of a table: subclasses list the eager columns and fetch one row's image cell."""
 
     def _setup(self, columns: Columns, table: dict[str, list[Any]],
@@ -158,12 +159,13 @@ class TableSource:
             self._labels, self.class_names = _labels(
                 table[columns.label], feature_class_names(features, columns.label), where)
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Rows in the table."""
 
+    @abstractmethod
     def _image_cell(self, index: int) -> tuple[Any, str]:
         """Row ``index``'s image cell and where it is (for messages)."""
-        raise NotImplementedError
 
     def load(self, index: int) -> Example:
         """Row ``index``'s decoded image, captions and label, or BadItem saying what is wrong."""

@@ -257,9 +257,16 @@ class CLIPLikeModel(nn.Module, ABC):
         (``{c}`` is the class name, ``{a}`` its article; see ``vlalign.data.templates``), images
         and prompts ``batch_size`` at a time. Logits are 100 x cosine for every model (CLIP's
         convention, DESIGN 4), not the trained ``logit_scale``. Never builds a graph."""
+        classes = self.class_embeddings(class_names, templates, batch_size)
+        logits = 100 * self.encode_image(images, normalize=True, batch_size=batch_size) @ classes.T
+        return logits.softmax(dim=-1)
+
+    @torch.no_grad()
+    def class_embeddings(self, class_names: list[str], templates: Sequence[str],
+                         batch_size: int = BATCH_SIZE) -> torch.Tensor:
+        """C x d unit vectors, one per class: the mean of its prompts' normalised text
+        embeddings (the template ensemble of zero-shot classification), renormalised."""
         prompts = [format_prompt(t, c) for c in class_names for t in templates]
         classes = self.encode_text(prompts, normalize=True, batch_size=batch_size)
         classes = classes.view(len(class_names), len(templates), -1)
-        classes = F.normalize(classes.mean(dim=1), dim=-1)  # C x d: template ensemble
-        logits = 100 * self.encode_image(images, normalize=True, batch_size=batch_size) @ classes.T
-        return logits.softmax(dim=-1)
+        return F.normalize(classes.mean(dim=1), dim=-1)

@@ -33,19 +33,22 @@ from typing import Any
 import yaml
 
 from vlalign.errors import UserError
+from vlalign.sail import artifact as sail_artifact
+from vlalign.uta import artifact as uta_artifact
+from vlalign.uta.official import TEXT_CONFIG, TEXT_WEIGHTS
 from vlalign.utils.files import atomic_write_bytes, atomic_write_json, read_json
+from vlalign.utils.hf_hub import REPO_ID, hub_offline, hub_reachable
 from vlalign.utils.optional import require
 
 log = logging.getLogger(__name__)
 
 HUB_SCHEME = "hf-hub:"
-SAIL_FILES = ("heads.json", "heads.safetensors")  # vlalign.sail.artifact CONFIG, WEIGHTS
-UTA_FILES = ("uta.json", "student.safetensors")  # vlalign.uta.artifact CONFIG, WEIGHTS
-TEXT_TOWER_FILES = ("text.json", "text.safetensors")  # an import-uta model's own text tower
+SAIL_FILES = (sail_artifact.CONFIG, sail_artifact.WEIGHTS)
+UTA_FILES = (uta_artifact.CONFIG, uta_artifact.WEIGHTS)
+TEXT_TOWER_FILES = (TEXT_CONFIG, TEXT_WEIGHTS)  # an import-uta model's own text tower
 CARD = "README.md"
 RESULTS = "results.json"  # what `vlalign eval --suite` writes; looked for in the run folder
 DEFAULT_COMMIT_MESSAGE = "Upload vlalign model"
-_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _SNAPSHOT = re.compile(r"^models--(?P<repo>.+)$")
 _COUNTS = {"skipped", "train_size", "lp_weight_decay", "seconds", "count", "n"}
 # vlalign task -> the Hub's task type (model-index); unknown tasks keep their own name
@@ -136,7 +139,7 @@ def backbone_source(role: str, spec: str) -> BackboneSource:
                 return BackboneSource(role, spec, spec, fetchable=False, note=local)
             repo, revision = snapshot
             return BackboneSource(role, spec, f"{scheme}:{repo}{query}", repo, revision)
-        if _REPO_ID.match(name):
+        if REPO_ID.match(name):
             return BackboneSource(role, spec, spec, name, cached_revision(name))
         return BackboneSource(role, spec, spec, fetchable=False, note=local)
     if scheme in ("timm", "open_clip"):
@@ -201,8 +204,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         if (path / RESULTS).is_file():
             return read_results(path / RESULTS)
-        files = sorted(p for p in [*path.glob("*.json"), *path.glob("*/*.json")]
-                       if not p.name.endswith(".details.json"))
+        files = sorted([*path.glob("*.json"), *path.glob("*/*.json")])
         return [r for p in files for r in _records_in(_read_json(p))]
     if not path.is_file():
         raise UserError(f"results file not found: {path}")
@@ -347,7 +349,7 @@ def model_card(repo_id: str, kind: str, config: Mapping[str, Any],
 # --- push --------------------------------------------------------------------------------------
 
 def _check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id):
         raise UserError(f"bad Hub repo id {repo_id!r}; expected NAME or ORG/NAME (letters, "
                         "digits, '-', '_', '.')")
 
@@ -373,7 +375,7 @@ def prepare_upload(run_dir: str | Path, folder: str | Path, repo_id: str,
             log.warning("%s backbone %s is %s", key, source.spec, source.note)
     atomic_write_json(folder / config_name, config)
     shutil.copyfile(run_dir / weights_name, folder / weights_name)
-    for name in TEXT_TOWER_FILES:  # vlalign.uta.official TEXT_CONFIG, TEXT_WEIGHTS
+    for name in TEXT_TOWER_FILES:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, folder / name)
     records: list[dict[str, Any]] = []
@@ -452,17 +454,10 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     """``hf-hub:ORG/REPO[@REV]`` (the prefix optional) -> (repo id, revision or None)."""
     text = str(name).strip().removeprefix(HUB_SCHEME)
     repo, at, revision = text.partition("@")
-    if not _REPO_ID.match(repo) or (at and not revision.strip()):
+    if not REPO_ID.match(repo) or (at and not revision.strip()):
         raise UserError(f"bad Hub model name {name!r}; expected {HUB_SCHEME}ORG/REPO or "
                         f"{HUB_SCHEME}ORG/REPO@REVISION")
     return repo, revision.strip() or None
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or flag in {"1", "ON", "YES", "TRUE"}
 
 
 def resolve_hub_model(name: str) -> Path:
@@ -473,9 +468,8 @@ def resolve_hub_model(name: str) -> Path:
     require("huggingface_hub", "hub")
     from huggingface_hub import snapshot_download
 
-    from vlalign.backbones.hf import hub_reachable
 
-    offline = _offline() or not hub_reachable()
+    offline = hub_offline() or not hub_reachable()
     where = repo + (f"@{revision}" if revision else "")
     try:
         folder = Path(snapshot_download(repo, revision=revision, local_files_only=offline,

@@ -78,10 +78,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import nn
 
-from vlalign.backbones.base import Preprocess
+from vlalign.backbones.base import CLIP_MEAN, CLIP_STD, Preprocess
 from vlalign.errors import UserError
 from vlalign.uta.artifact import CONFIG, save_student
 from vlalign.uta.student import StudentConfig, UTAStudent
@@ -450,7 +449,7 @@ class UTAText(nn.Module):
 def official_preprocess(size: int) -> Preprocess:
     """imagenet_zeroshot_eval.py's transform: Resize(size, bicubic) of the shortest edge,
     CenterCrop(size), OpenAI CLIP mean / std."""
-    return Preprocess(size=size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+    return Preprocess(size=size, mean=CLIP_MEAN, std=CLIP_STD,
                       interpolation="bicubic", resize="shortest", resize_size=size, crop=size)
 
 
